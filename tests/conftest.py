@@ -1,0 +1,28 @@
+"""Shared fixtures. Tests run with one torch thread: parallel test processes would
+otherwise each use every core and slow each other down many times over."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory) -> Path:
+    """A small trained run on digits (2-D latent), shared by the tests that only read it."""
+    from trainer import RunConfig, fit
+
+    out = tmp_path_factory.mktemp("runs") / "digits-2d"
+    cfg = RunConfig(data="digits")
+    cfg.train.epochs, cfg.train.threads = 5, 1
+    fit(cfg, out)
+    return out

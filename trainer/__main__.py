@@ -1,0 +1,165 @@
+"""Command line: python -m trainer fit | eval | sample  (see --help of each).
+
+Exit status: 0 on success, 2 with a one-line message on stderr for a user error (bad
+arguments, bad data, a bad run folder), 1 for a run that failed while training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+from .errors import TrainerError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, no usage dump
+        raise TrainerError(f"{self.prog}: {message} (see --help)")
+
+
+def _int_list(s: str) -> list[int]:
+    try:
+        values = [int(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, e.g. 512,256, got {s!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one size, e.g. 512,256")
+    return values
+
+
+def _sigma_dec(s: str):
+    if s == "learned":
+        return s
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'learned' or a positive number, got {s!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected 'learned' or a positive number, got {s!r}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m trainer", description="Train and evaluate the tutorial's VAE.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    f = sub.add_parser("fit", help="train a VAE into a run folder")
+    f.add_argument("--data", default="digits", help="data spec: digits, shapes, gmm2d, linear-gaussian[:opts] or a file")
+    f.add_argument("--out", required=True, help="run folder to write")
+    f.add_argument("--arch", choices=["mlp", "conv", "linear"], default="mlp")
+    f.add_argument("--hidden", type=_int_list, default=[512, 256], help="mlp hidden sizes, e.g. 512,256")
+    f.add_argument("--latent-dim", type=int, default=2)
+    f.add_argument("--likelihood", choices=["gaussian", "bernoulli"], default="gaussian")
+    f.add_argument("--sigma-dec", type=_sigma_dec, default="learned", help="'learned' or a fixed value")
+    f.add_argument("--beta", type=float, default=1.0, help="KL weight in the training objective")
+    f.add_argument("--kl-warmup", type=int, default=0, help="epochs to ramp the KL weight from 0")
+    f.add_argument("--mc-samples", type=int, default=1, help="M, samples of z per x (eq 1.31)")
+    f.add_argument("--epochs", type=int, default=50)
+    f.add_argument("--batch-size", type=int, default=128)
+    f.add_argument("--lr", type=float, default=1e-3)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    f.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = all cores)")
+    f.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    f.add_argument("--quiet", action="store_true", help="no progress output")
+
+    e = sub.add_parser("eval", help="ELBO terms and log p(x) of a trained run")
+    e.add_argument("run_dir")
+    e.add_argument("--split", choices=["test", "train"], default="test")
+    e.add_argument("--k", type=int, default=1000, help="importance samples for log p(x)")
+    e.add_argument("--mc-samples", type=int, default=1)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--threads", type=int, default=0)
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+
+    s = sub.add_parser("sample", help="decode samples from the prior into a PNG grid (Fig 1.7)")
+    s.add_argument("run_dir")
+    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--out", required=True, help="PNG file to write")
+    s.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def cmd_fit(a) -> int:
+    from .api import fit
+    from .config import ModelConfig, RunConfig, TrainConfig
+
+    cfg = RunConfig(
+        data=a.data,
+        model=ModelConfig(arch=a.arch, hidden=a.hidden, latent_dim=a.latent_dim,
+                          likelihood=a.likelihood, sigma_dec=a.sigma_dec),
+        train=TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, beta=a.beta,
+                          kl_warmup=a.kl_warmup, mc_samples=a.mc_samples, seed=a.seed,
+                          device=a.device, threads=a.threads))
+    cfg.validate()
+    tty = sys.stderr.isatty()
+    t_start = time.monotonic()
+
+    def on_epoch(row):
+        if a.quiet:
+            return
+        sps = row.get("samples_per_s") or 0
+        line = (f"epoch {row['epoch']}/{cfg.train.epochs}  test elbo {row['test_elbo']:.3f} "
+                f"(recon {row['test_recon']:.3f}, kl {row['test_kl']:.3f}) nats/sample  "
+                f"{sps:,.0f} samples/s  {time.monotonic() - t_start:.1f}s")
+        print(("\r" + line + "\033[K") if tty else line, file=sys.stderr, end="" if tty else "\n", flush=True)
+
+    state = fit(cfg, a.out, resume=a.resume, on_epoch=on_epoch, handle_signals=True)
+    if tty and not a.quiet:
+        print(file=sys.stderr)
+    print(f"{state}: {a.out}", file=sys.stderr)
+    return 0 if state == "done" else 130
+
+
+def cmd_eval(a) -> int:
+    from .api import evaluate_run, load_run
+    from .train import set_threads
+
+    if a.k < 1:
+        raise TrainerError("--k must be at least 1")
+    if a.mc_samples < 1:
+        raise TrainerError("--mc-samples must be at least 1")
+    set_threads(a.threads)
+    result = evaluate_run(load_run(a.run_dir), a.split, a.k, a.mc_samples, a.seed)
+    if a.json:
+        print(json.dumps(result))
+    else:
+        print(f"{a.run_dir} ({a.split}, n={result['n']}), per sample, nats, higher is better:")
+        for key in ("elbo", "recon", "kl", "log_px", "gap", "exact_log_px"):
+            if key in result:
+                print(f"  {key:13s} {result[key]:12.4f}")
+        print(f"  active units  {result['active_units']} of {len(result['kl_per_dim'])}")
+    return 0
+
+
+def cmd_sample(a) -> int:
+    from .api import load_run
+    from .images import save_grid
+
+    if not 1 <= a.n <= 10_000:
+        raise TrainerError("--n must be between 1 and 10000")
+    run = load_run(a.run_dir)
+    if len(run.model.data_shape) != 3:
+        raise TrainerError(f"{a.run_dir}: the data are not images, so there is no picture to draw")
+    save_grid(run.sample(a.n, a.seed).numpy(), a.out)
+    print(f"wrote {a.out}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        a = build_parser().parse_args(argv)
+        return {"fit": cmd_fit, "eval": cmd_eval, "sample": cmd_sample}[a.command](a)
+    except TrainerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

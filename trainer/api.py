@@ -1,0 +1,250 @@
+"""The public Python surface: train into a run folder, and open one to explore it.
+
+    from trainer import fit, load_run, RunConfig
+    fit(RunConfig(data="digits"), "runs/digits-2d")
+    run = load_run("runs/digits-2d")
+    q = run.encode(x)                       # DiagonalGaussian, q.mu: (N, d)
+    terms = run.elbo_terms(x, mc_samples=1) # dict of per-sample tensors, nats
+    run.log_px(x, k=1000)                   # importance-sampled log p(x), (N,)
+    run.decode(z), run.sample(64)           # images (N, *shape), mean of p(x|z)
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import runs
+from .config import RunConfig
+from .data import Dataset, check_likelihood, load_dataset
+from .elbo import elbo_terms, log_px
+from .errors import TrainerError
+from .model import VAE, DiagonalGaussian
+from .train import Callbacks, NonFiniteLoss, Trainer, pick_device, set_threads
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+    for pkg in ("safetensors", "scikit-learn"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT (or by a caller) to stop after the current step."""
+
+    def __init__(self):
+        self.event = threading.Event()
+
+    def __call__(self, *_):
+        self.event.set()
+
+
+def fit(cfg: RunConfig, out_dir: str | Path, resume: bool = False,
+        on_epoch: Callable[[dict], None] | None = None,
+        on_step: Callable[[int, int, int, int], None] | None = None,
+        stop: threading.Event | None = None, handle_signals: bool = False) -> str:
+    """Train `cfg` into the run folder `out_dir`; returns the final state ("done" or
+    "cancelled"). A user error raises TrainerError after marking the run failed."""
+    out = runs.check_run_dir_name(out_dir)
+    cfg.validate()
+    if resume:
+        saved = runs.load_config(out)
+        for section in ("model", "data"):
+            if getattr(saved, section) != getattr(cfg, section):
+                raise TrainerError(f"--resume: the {section} settings differ from {out}/config.json; "
+                                   "resume with the same settings or train into a new folder")
+        saved.train.epochs = cfg.train.epochs  # resuming may extend the number of epochs
+        cfg = saved
+    else:
+        if (out / "model.safetensors").exists() or (out / "metrics.jsonl").exists():
+            raise TrainerError(f"{out} already holds a run: use --resume to continue it or choose another --out")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TrainerError(f"cannot create the run folder {out} ({e.strerror})") from None
+
+    threads = set_threads(cfg.train.threads)
+    device = pick_device(cfg.train.device)
+    stop_flag = _StopFlag()
+    if stop is not None:
+        stop_flag.event = stop
+    if handle_signals:
+        signal.signal(signal.SIGTERM, stop_flag)
+        signal.signal(signal.SIGINT, stop_flag)
+
+    try:
+        data = load_dataset(cfg.data, cfg.train.seed)
+        check_likelihood(data, cfg.model.likelihood)
+        cfg.data_shape = list(data.shape)
+        trainer = Trainer(cfg, data, device)
+    except TrainerError as e:
+        if (out / "status.json").exists() or not resume:
+            runs.write_status(out, "failed", message=str(e), pid=os.getpid())
+        raise
+
+    if resume:
+        model = runs.load_model(out, cfg)
+        trainer.model.load_state_dict(model.state_dict())
+        trainer.load_state_tensors(runs.load_safetensors(out / "optim.safetensors", "optim.safetensors"))
+        ts = runs.read_json(out / "train_state.json", "train_state.json")
+        if not isinstance(ts, dict) or not isinstance(ts.get("epoch"), int) or not isinstance(ts.get("step"), int):
+            raise TrainerError(f"{out}/train_state.json is damaged: retrain instead of resuming")
+        trainer.epoch, trainer.step = ts["epoch"], ts["step"]
+        _truncate_metrics(out, trainer.epoch)
+    else:
+        cfg.versions = {**_versions(), "threads": str(threads), "device": device.type}
+        runs.atomic_write_json(out / "config.json", cfg.to_dict())
+        runs.save_checkpoint(out, trainer.model, trainer.state_tensors(), {"epoch": 0, "step": 0})
+
+    epochs = cfg.train.epochs
+    runs.write_status(out, "running", epoch=trainer.epoch, epochs=epochs, pid=os.getpid(),
+                      message="", started=time.time())
+    last_beat = [time.monotonic()]
+
+    def step_cb(step, epoch, i, n):
+        if time.monotonic() - last_beat[0] > 1.0:  # heartbeat at most once a second
+            last_beat[0] = time.monotonic()
+            runs.write_status(out, "running", epoch=epoch, epochs=epochs, batch=i + 1, batches=n)
+        if on_step:
+            on_step(step, epoch, i, n)
+
+    def epoch_cb(row):
+        row = {**row, "wall_time": time.time()}
+        runs.save_checkpoint(out, trainer.model, trainer.state_tensors(),
+                             {"epoch": trainer.epoch, "step": trainer.step})
+        runs.append_jsonl(out / "metrics.jsonl", row)
+        runs.write_status(out, "running", epoch=trainer.epoch, epochs=epochs)
+        if on_epoch:
+            on_epoch(row)
+
+    try:
+        state = trainer.run(Callbacks(on_step=step_cb, on_epoch=epoch_cb, should_stop=stop_flag.event.is_set))
+    except NonFiniteLoss as e:
+        runs.write_status(out, "failed", message=str(e))
+        raise
+    except OSError as e:  # disk full, read-only folder: the previous files are intact
+        runs_msg = f"cannot write to the run folder {out} ({e.strerror or e}): the last saved checkpoint is kept"
+        try:
+            runs.write_status(out, "failed", message=runs_msg)
+        except OSError:
+            pass
+        raise TrainerError(runs_msg) from None
+    message = "" if state == "done" else f"cancelled after epoch {trainer.epoch}; the checkpoint of that epoch is kept"
+    runs.write_status(out, state, epoch=trainer.epoch, epochs=epochs, message=message)
+    return state
+
+
+def _truncate_metrics(out: Path, epoch: int) -> None:
+    """Keep only the metrics rows of epochs <= the checkpoint's epoch (atomically)."""
+    rows = [r for r in runs.read_metrics(out) if isinstance(r.get("epoch"), int) and r["epoch"] <= epoch]
+    import json
+
+    runs.atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
+@dataclass
+class Run:
+    """A run folder opened for exploring: config, metrics, status and the trained model."""
+
+    path: Path
+    config: RunConfig
+    model: VAE
+
+    @property
+    def metrics(self) -> list[dict]:
+        return runs.read_metrics(self.path)
+
+    @property
+    def status(self) -> dict | None:
+        return runs.read_status(self.path)
+
+    def load_data(self) -> Dataset:
+        """The run's data set with its train/test split (same seed, same split)."""
+        return load_dataset(self.config.data, self.config.train.seed)
+
+    def _x(self, x) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(x), dtype=torch.float32).reshape(-1, *self.model.data_shape)
+
+    @torch.no_grad()
+    def encode(self, x) -> DiagonalGaussian:
+        return self.model.encode(self._x(x))
+
+    @torch.no_grad()
+    def decode(self, z) -> torch.Tensor:
+        """Images (or vectors) for latent codes z (N, d): the mean of p(x|z), (N, *shape)."""
+        z = torch.as_tensor(np.asarray(z), dtype=torch.float32).reshape(-1, self.model.latent_dim)
+        return self.model.mean_image(self.model.decode(z)).reshape(-1, *self.model.data_shape)
+
+    @torch.no_grad()
+    def elbo_terms(self, x, mc_samples: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
+        gen = torch.Generator().manual_seed(seed)
+        return elbo_terms(self.model, self._x(x), mc_samples, gen)
+
+    @torch.no_grad()
+    def log_px(self, x, k: int = 1000, seed: int = 0) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(seed)
+        return log_px(self.model, self._x(x), k, gen)
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+        return self.model.sample(n, torch.Generator().manual_seed(seed))
+
+
+def load_run(path: str | Path) -> Run:
+    """Open a run folder: validated config and weights (nothing unpickled); raises TrainerError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise TrainerError(f"{path}: no such run folder")
+    cfg = runs.load_config(path)
+    model = runs.load_model(path, cfg)
+    return Run(path, cfg, model)
+
+
+def evaluate_run(run: Run, split: str = "test", k: int = 1000, mc_samples: int = 1, seed: int = 0,
+                 batch_size: int = 500) -> dict:
+    """Per-sample means over a split (nats, log-likelihood sign): elbo, recon, kl, log_px, gap,
+    active_units, and exact_log_px where the data set knows it."""
+    from .elbo import active_units
+
+    data = run.load_data()
+    x = data.x_test if split == "test" else data.x_train
+    gen = torch.Generator().manual_seed(seed)
+    sums = {"elbo": 0.0, "recon": 0.0, "kl": 0.0, "log_px": 0.0, "exact_log_px": 0.0}
+    mus, kl_dims = [], []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size]
+            t = elbo_terms(run.model, xb, mc_samples, gen)
+            for key in ("elbo", "recon", "kl"):
+                sums[key] += float(t[key].double().sum())
+            sums["log_px"] += float(log_px(run.model, xb, k, gen).double().sum())
+            if data.exact_log_px is not None:
+                sums["exact_log_px"] += float(data.exact_log_px(xb).double().sum())
+            mus.append(t["mu"])
+            kl_dims.append(t["kl_per_dim"].double().sum(0))
+    n = len(x)
+    out = {"n": n, "split": split, "k": k, "mc_samples": mc_samples}
+    out.update({key: v / n for key, v in sums.items()})
+    out["gap"] = out["log_px"] - out["elbo"]
+    out["active_units"] = active_units(torch.cat(mus))
+    out["kl_per_dim"] = (torch.stack(kl_dims).sum(0) / n).tolist()
+    if data.exact_log_px is None:
+        del out["exact_log_px"]
+    if run.model.likelihood == "gaussian":
+        out["sigma_dec"] = float(run.model.sigma_dec.detach())
+    return out

@@ -1,0 +1,275 @@
+"""The VAE of the tutorial's chapter 1: encoder q(z|x), decoder p(x|z), prior N(0, I).
+
+Shapes: N = batch, D = data dimension (C*H*W for images), d = latent dimension.
+
+    encode(x)          x: (N, *shape)   -> DiagonalGaussian q(z|x) with mu, logvar: (N, d)
+    reparameterize(q)  z = mu + sigma * eps, eps ~ N(0, I)          (eq 1.16-1.24)
+    decode(z)          z: (..., d)      -> decoder output (..., D): the mean f(z) for the
+                       Gaussian likelihood, the logits for the Bernoulli one
+    log_px_given_z(x, out)              -> log p(x|z) per sample, nats, constant included
+
+The architecture is picked by name from `ARCHITECTURES`; nothing else is ever imported
+from a config file.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+class DiagonalGaussian:
+    """N(mu, diag(exp(logvar))) over the last dimension, as diffusers' DiagonalGaussianDistribution."""
+
+    def __init__(self, mu: torch.Tensor, logvar: torch.Tensor):
+        self.mu = mu  # (N, d)
+        self.logvar = logvar  # (N, d) or broadcastable to it
+        self.std = torch.exp(0.5 * logvar)
+
+    def sample(self, n: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z = mu + sigma * eps; shape (N, d), or (n, N, d) when n is given."""
+        shape = self.mu.shape if n is None else (n, *self.mu.shape)
+        eps = torch.randn(shape, generator=generator, device=self.mu.device, dtype=self.mu.dtype)
+        return self.mu + self.std * eps
+
+    def kl_per_dim(self) -> torch.Tensor:
+        """KL(q || N(0, I)) per latent dimension (eq 1.34, diagonal case): (N, d), nats."""
+        var = torch.exp(self.logvar)
+        return 0.5 * (var + self.mu.pow(2) - 1.0 - self.logvar).expand_as(self.mu)
+
+    def kl(self) -> torch.Tensor:
+        """KL(q || N(0, I)) summed over dimensions: (N,), nats."""
+        return self.kl_per_dim().sum(-1)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log q(z) for z of shape (..., N, d): (..., N), nats."""
+        return -0.5 * (((z - self.mu) / self.std).pow(2) + self.logvar + LOG_2PI).sum(-1)
+
+
+def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I) over the last dimension: (...,), nats."""
+    return -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
+
+
+class VAE(nn.Module):
+    """Encoder and decoder networks around a shared likelihood and sigma_dec.
+
+    Subclasses build `encoder_net` and `decoder_net`; `encoder_net(x)` returns (mu, logvar).
+    """
+
+    def __init__(self, cfg: ModelConfig, data_shape: tuple[int, ...]):
+        super().__init__()
+        self.cfg = cfg
+        self.data_shape = tuple(data_shape)  # shape of one x, e.g. (1, 8, 8) or (2,)
+        self.data_dim = math.prod(self.data_shape)  # D
+        self.latent_dim = cfg.latent_dim  # d
+        self.likelihood = cfg.likelihood
+        # sigma_dec lives in log space: learned as a parameter, or fixed as a buffer.
+        if cfg.likelihood == "gaussian" and cfg.sigma_dec == "learned":
+            self.log_sigma_dec = nn.Parameter(torch.zeros(()))
+        else:
+            fixed = 1.0 if cfg.likelihood == "bernoulli" else float(cfg.sigma_dec)
+            self.register_buffer("log_sigma_dec", torch.tensor(math.log(fixed)))
+
+    # -- the three steps of pytorch/examples' VAE ---------------------------------------
+    def encode(self, x: torch.Tensor) -> DiagonalGaussian:
+        mu, logvar = self.encoder_net(x)
+        return DiagonalGaussian(mu, logvar)
+
+    @staticmethod
+    def reparameterize(q: DiagonalGaussian, n: int | None = None,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        return q.sample(n, generator)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder output for z (..., d): (..., D) flat; mean f(z) or Bernoulli logits."""
+        lead = z.shape[:-1]
+        out = self.decoder_net(z.reshape(-1, self.latent_dim))
+        return out.reshape(*lead, self.data_dim)
+
+    # -- likelihood -----------------------------------------------------------------------
+    @property
+    def sigma_dec(self) -> torch.Tensor:
+        return torch.exp(self.log_sigma_dec)
+
+    def log_px_given_z(self, x_flat: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) for x (N, D) and decoder output (..., N, D): (..., N), nats.
+
+        Gaussian (eq 1.29, 1.33): -||x - f(z)||^2 / (2 sigma_dec^2) - (D/2) log(2 pi sigma_dec^2).
+        Bernoulli: sum_i x_i log p_i + (1 - x_i) log(1 - p_i), with p = sigmoid(logits).
+        """
+        if self.likelihood == "bernoulli":
+            return -F.binary_cross_entropy_with_logits(
+                out, x_flat.expand_as(out), reduction="none").sum(-1)
+        sq = (x_flat - out).pow(2).sum(-1)
+        log_var = 2 * self.log_sigma_dec
+        return -0.5 * sq * torch.exp(-log_var) - 0.5 * self.data_dim * (LOG_2PI + log_var)
+
+    def mean_image(self, out: torch.Tensor) -> torch.Tensor:
+        """What the decoder shows: f(z) for Gaussian, sigmoid(logits) for Bernoulli; (..., D)."""
+        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
+
+    def init_from_data(self, x_train: torch.Tensor) -> None:
+        """Start the decoder at the data: output bias = data mean (logit of it for Bernoulli),
+        and a learned sigma_dec = the RMS deviation from that mean, the calibrated optimum for
+        the initial decoder (vae-math.md, practical points)."""
+        x = x_train.reshape(len(x_train), -1).float()
+        mean = x.mean(0)
+        with torch.no_grad():
+            bias = self.output_bias()
+            if bias is not None:
+                if self.likelihood == "bernoulli":
+                    p = mean.clamp(1e-3, 1 - 1e-3)
+                    bias.copy_((torch.log(p) - torch.log1p(-p)).reshape(bias.shape))
+                else:
+                    bias.copy_(mean.reshape(bias.shape))
+            if isinstance(self.log_sigma_dec, nn.Parameter):
+                rms = (x - mean).pow(2).mean().sqrt().clamp_min(1e-3)
+                self.log_sigma_dec.fill_(math.log(float(rms)))
+
+    def output_bias(self) -> torch.Tensor | None:
+        raise NotImplementedError
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Generation (Fig 1.7): z ~ N(0, I), returns the decoded means (n, *data_shape)."""
+        p = next(self.parameters())
+        z = torch.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
+        return self.mean_image(self.decode(z)).reshape(n, *self.data_shape)
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class MLPEncoder(nn.Module):
+    def __init__(self, sizes: list[int], latent_dim: int):
+        super().__init__()
+        self.net = _mlp(sizes + [2 * latent_dim])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.net(x.reshape(len(x), -1))  # (N, 2d)
+        mu, logvar = h.chunk(2, dim=-1)
+        return mu, logvar
+
+
+class MLPVAE(VAE):
+    """D -> hidden... -> (mu, logvar); d -> reversed hidden... -> D. ReLU between layers."""
+
+    def __init__(self, cfg: ModelConfig, data_shape):
+        super().__init__(cfg, data_shape)
+        self.encoder_net = MLPEncoder([self.data_dim, *cfg.hidden], cfg.latent_dim)
+        self.decoder_net = _mlp([cfg.latent_dim, *reversed(cfg.hidden), self.data_dim])
+
+    def output_bias(self):
+        return self.decoder_net[-1].bias
+
+
+class LinearEncoder(nn.Module):
+    """Affine mean; log-variance a learned vector that does not depend on x (Example 1.3)."""
+
+    def __init__(self, data_dim: int, latent_dim: int):
+        super().__init__()
+        self.mean = nn.Linear(data_dim, latent_dim)
+        self.logvar = nn.Parameter(torch.zeros(latent_dim))
+
+    def forward(self, x):
+        mu = self.mean(x.reshape(len(x), -1))
+        return mu, self.logvar.expand_as(mu)
+
+
+class LinearVAE(VAE):
+    """The linear-Gaussian example's model: affine encoder mean, per-dim encoder variance,
+    affine decoder mean."""
+
+    def __init__(self, cfg: ModelConfig, data_shape):
+        super().__init__(cfg, data_shape)
+        self.encoder_net = LinearEncoder(self.data_dim, cfg.latent_dim)
+        self.decoder_net = nn.Linear(cfg.latent_dim, self.data_dim)
+
+    def output_bias(self):
+        return self.decoder_net.bias
+
+
+class ConvEncoder(nn.Module):
+    def __init__(self, data_shape, channels: list[int], latent_dim: int):
+        super().__init__()
+        c, h, w = data_shape
+        layers: list[nn.Module] = []
+        for ch in channels:  # each layer halves H and W
+            layers += [nn.Conv2d(c, ch, 4, stride=2, padding=1), nn.ReLU()]
+            c, h, w = ch, h // 2, w // 2
+        self.conv = nn.Sequential(*layers, nn.Flatten())
+        self.fc = nn.Linear(c * h * w, 2 * latent_dim)
+
+    def forward(self, x):
+        h = self.fc(self.conv(x.reshape(len(x), *self.shape_in)))
+        mu, logvar = h.chunk(2, dim=-1)
+        return mu, logvar
+
+
+class ConvDecoder(nn.Module):
+    def __init__(self, data_shape, channels: list[int], latent_dim: int):
+        super().__init__()
+        c, self.h, self.w = data_shape
+        k = len(channels)
+        self.h0, self.w0 = -(-self.h // 2**k), -(-self.w // 2**k)  # ceil: crop at the end
+        self.c0 = channels[-1]
+        self.fc = nn.Linear(latent_dim, self.c0 * self.h0 * self.w0)
+        layers: list[nn.Module] = []
+        outs = list(reversed(channels[:-1])) + [c]
+        cin = self.c0
+        for i, ch in enumerate(outs):
+            layers.append(nn.ConvTranspose2d(cin, ch, 4, stride=2, padding=1))
+            if i < len(outs) - 1:
+                layers.append(nn.ReLU())
+            cin = ch
+        self.deconv = nn.Sequential(*layers)
+        self.out_bias = nn.Parameter(torch.zeros(data_shape))  # per-pixel output bias
+
+    def forward(self, z):
+        h = F.relu(self.fc(z)).reshape(len(z), self.c0, self.h0, self.w0)
+        img = self.deconv(h)[:, :, : self.h, : self.w] + self.out_bias
+        return img.reshape(len(z), -1)
+
+
+class ConvVAE(VAE):
+    """Two (or more) stride-2 4x4 convolutions down, transposed convolutions up; images only."""
+
+    def __init__(self, cfg: ModelConfig, data_shape):
+        super().__init__(cfg, data_shape)
+        self.encoder_net = ConvEncoder(self.data_shape, cfg.conv_channels, cfg.latent_dim)
+        self.encoder_net.shape_in = self.data_shape
+        self.decoder_net = ConvDecoder(self.data_shape, cfg.conv_channels, cfg.latent_dim)
+
+    def output_bias(self):
+        return self.decoder_net.out_bias
+
+
+ARCHITECTURES: dict[str, type[VAE]] = {"mlp": MLPVAE, "conv": ConvVAE, "linear": LinearVAE}
+
+
+def build_model(cfg: ModelConfig, data_shape) -> VAE:
+    """Build the architecture named in cfg for data of the given shape; raises TrainerError."""
+    from .errors import TrainerError
+
+    data_shape = tuple(int(s) for s in data_shape)
+    if cfg.arch not in ARCHITECTURES:
+        raise TrainerError(f"unknown architecture {cfg.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+    if cfg.arch == "conv":
+        k = len(cfg.conv_channels)
+        if len(data_shape) != 3 or min(data_shape[1:]) < 16 or min(data_shape[1:]) < 2**k:
+            raise TrainerError(
+                f"conv needs images of at least 16x16 (this data has shape {list(data_shape)}): use --arch mlp")
+    return ARCHITECTURES[cfg.arch](cfg, data_shape)

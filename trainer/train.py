@@ -1,0 +1,180 @@
+"""The training loop: stochastic gradient ascent on the ELBO (Def. 1.4, Theorem 1.4).
+
+It knows nothing about files or user interfaces: it reports through callbacks, and the
+caller (api.fit) saves checkpoints, writes metrics and handles signals.
+
+Speed: the data set is one tensor on the device, batches are `index_select`ed from a
+per-epoch permutation (no per-sample Python), Adam is fused where torch supports it, and
+denormals are flushed to zero (Adam's moments of dead units otherwise go subnormal and
+slow later epochs).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .config import RunConfig
+from .data import Dataset
+from .elbo import active_units, elbo_terms
+from .errors import TrainerError
+from .model import VAE, build_model
+
+
+class NonFiniteLoss(TrainerError):
+    """The loss became NaN or infinite; the weights of the last finished epoch are kept."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise TrainerError("--device cuda was asked for but no CUDA GPU is available: use --device cpu")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def set_threads(threads: int) -> int:
+    """Set torch's CPU thread count explicitly (0 = all cores) and return it."""
+    import os
+
+    n = threads or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    torch.set_flush_denormal(True)
+    return n
+
+
+def kl_weight(cfg: RunConfig, epoch: int, frac: float) -> float:
+    """beta, ramped linearly from 0 over the first kl_warmup epochs; epoch is 0-based, frac in (0, 1]."""
+    t = cfg.train
+    if t.kl_warmup <= 0:
+        return t.beta
+    return t.beta * min(1.0, (epoch + frac) / t.kl_warmup)
+
+
+@torch.no_grad()
+def evaluate(model: VAE, x: torch.Tensor, mc_samples: int = 1, seed: int = 0,
+             batch_size: int = 4096) -> dict[str, float]:
+    """Mean ELBO terms over x (per sample, nats) and the active units, with fixed eps."""
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    sums = {"elbo": 0.0, "recon": 0.0, "kl": 0.0}
+    mus = []
+    was_training = model.training
+    model.eval()
+    for i in range(0, len(x), batch_size):
+        terms = elbo_terms(model, x[i:i + batch_size], mc_samples, gen)
+        for k in sums:
+            sums[k] += float(terms[k].double().sum())
+        mus.append(terms["mu"])
+    model.train(was_training)
+    out = {k: v / len(x) for k, v in sums.items()}
+    out["active_units"] = active_units(torch.cat(mus))
+    return out
+
+
+@dataclass
+class Callbacks:
+    on_step: Callable[[int, int, int, int], None] = lambda step, epoch, i, n: None  # after each step
+    on_epoch: Callable[[dict], None] = lambda row: None  # after each epoch, with its metrics row
+    should_stop: Callable[[], bool] = lambda: False  # checked after each step
+
+
+class Trainer:
+    """Holds the model, optimizer and random generators of one run."""
+
+    def __init__(self, cfg: RunConfig, data: Dataset, device: torch.device | None = None):
+        self.cfg = cfg
+        self.device = device or pick_device(cfg.train.device)
+        torch.manual_seed(cfg.train.seed)  # weight initialisation
+        self.model = build_model(cfg.model, data.shape).to(self.device)
+        self.model.init_from_data(data.x_train)
+        self.model.to(self.device)
+        self.x_train = data.x_train.to(self.device)
+        self.x_test = data.x_test.to(self.device)
+        self.optimizer = _adam(self.model.parameters(), cfg.train.lr, self.device)
+        self.gen_shuffle = torch.Generator().manual_seed(cfg.train.seed + 1)
+        self.gen_eps = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 2)
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimizer steps taken
+
+    # -- state for --resume: Adam's moments and the generators, as plain tensors ----------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        out = {"rng.shuffle": self.gen_shuffle.get_state(), "rng.eps": self.gen_eps.get_state().cpu()}
+        for i, s in self.optimizer.state_dict()["state"].items():
+            for name, v in s.items():
+                out[f"adam.{i}.{name}"] = torch.as_tensor(v).detach().cpu().contiguous()
+        return out
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        sd = self.optimizer.state_dict()
+        state: dict[int, dict] = {}
+        for key, v in tensors.items():
+            if key.startswith("adam."):
+                _, i, name = key.split(".", 2)
+                state.setdefault(int(i), {})[name] = v.to(self.device) if name != "step" else v
+        sd["state"] = state
+        try:
+            self.optimizer.load_state_dict(sd)
+            self.gen_shuffle.set_state(tensors["rng.shuffle"])
+            self.gen_eps.set_state(tensors["rng.eps"].to(self.gen_eps.device) if self.device.type != "cpu"
+                                   else tensors["rng.eps"])
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise TrainerError(f"optim.safetensors does not match this run ({str(e)[:80]}): retrain instead of resuming") from None
+
+    def run(self, callbacks: Callbacks = Callbacks()) -> str:
+        """Train until cfg.train.epochs are done or callbacks.should_stop(); returns
+        "done" or "cancelled". Raises NonFiniteLoss if the loss stops being finite."""
+        cfg, model = self.cfg, self.model
+        B, M = cfg.train.batch_size, cfg.train.mc_samples
+        n = len(self.x_train)
+        n_batches = math.ceil(n / B)
+        model.train()
+        while self.epoch < cfg.train.epochs:
+            t0 = time.perf_counter()
+            perm = torch.randperm(n, generator=self.gen_shuffle).to(self.device)
+            sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # recon, kl, elbo, objective
+            for i in range(n_batches):
+                xb = self.x_train.index_select(0, perm[i * B:(i + 1) * B])
+                terms = elbo_terms(model, xb, M, self.gen_eps)
+                w = kl_weight(cfg, self.epoch, (i + 1) / n_batches)
+                objective = terms["recon"] - w * terms["kl"]  # (N,), what training maximises
+                loss = -objective.mean()
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if not math.isfinite(float(loss.detach())):
+                    raise NonFiniteLoss(
+                        f"the loss became non-finite at epoch {self.epoch + 1}, step {self.step + 1}: "
+                        f"lower the learning rate (now {cfg.train.lr:g}); the last good checkpoint is kept")
+                self.optimizer.step()
+                self.step += 1
+                with torch.no_grad():
+                    sums += torch.stack([terms["recon"].sum(), terms["kl"].sum(), terms["elbo"].sum(),
+                                         objective.sum()]).double()
+                callbacks.on_step(self.step, self.epoch, i, n_batches)
+                if callbacks.should_stop():
+                    return "cancelled"
+            train_time = time.perf_counter() - t0
+            self.epoch += 1
+            test = evaluate(model, self.x_test, 1, seed=cfg.train.seed + 3)
+            s = (sums / n).tolist()
+            row = {
+                "epoch": self.epoch, "step": self.step, "epoch_time_s": train_time,
+                "samples_per_s": n / train_time if train_time > 0 else None,
+                "train_elbo": s[2], "train_recon": s[0], "train_kl": s[1], "train_objective": s[3],
+                "test_elbo": test["elbo"], "test_recon": test["recon"], "test_kl": test["kl"],
+                "active_units": test["active_units"], "kl_weight": kl_weight(cfg, self.epoch - 1, 1.0),
+                "sigma_dec": float(model.sigma_dec.detach()) if model.likelihood == "gaussian" else None,
+            }
+            callbacks.on_epoch(row)
+        return "done"
+
+
+def _adam(params, lr: float, device: torch.device) -> torch.optim.Optimizer:
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError):  # fused not available for this device/build
+        return torch.optim.Adam(params, lr=lr)
