@@ -1,0 +1,61 @@
+"""VAE Latent Explorer: `python -m streamlit run explorer/app.py` from the repository root.
+
+This file only sets up the page and routes: the sidebar (runs folder, active run), the
+first start (a default training when the runs folder is empty) and one page per view in
+explorer/views/. The views lay out widgets and call explorer/services/, which call the
+trainer; figures come from explorer/charts.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `streamlit run explorer/app.py` puts only explorer/ on the path
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from explorer import state  # noqa: E402
+from explorer.views import common  # noqa: E402
+
+VIEWS = Path(__file__).parent / "views"
+PAGES = {  # URL path -> page; "view" in the URL names one of these keys
+    "runs": dict(page="runs.py", title="Runs", icon=":material/folder_open:"),
+    "train": dict(page="train.py", title="Train", icon=":material/model_training:"),
+    "latent-map": dict(page="latent_map.py", title="Latent map", icon=":material/scatter_plot:", default=True),
+    "interpolate": dict(page="interpolate.py", title="Interpolate", icon=":material/linear_scale:"),
+    "elbo": dict(page="elbo.py", title="ELBO breakdown", icon=":material/stacked_bar_chart:"),
+    "generate": dict(page="generate.py", title="Generate", icon=":material/auto_awesome:"),
+}
+
+
+def main() -> None:
+    st.set_page_config(page_title="VAE Latent Explorer", page_icon=":material/blur_on:", layout="wide")
+    state.load_from_url()
+    pages = {key: st.Page(VIEWS / p["page"], title=p["title"], icon=p["icon"], url_path=key,
+                          default=p.get("default", False)) for key, p in PAGES.items()}
+    page = st.navigation(list(pages.values()))
+    view = next((key for key, p in pages.items() if p is page), "latent-map")
+    wanted = state.get("view")
+    if not st.session_state.get("_view_applied"):  # a link's ?view= opens that view once
+        st.session_state["_view_applied"] = True
+        if wanted in pages and wanted != view:
+            st.switch_page(pages[wanted])
+    state.set("view", view)
+
+    common.first_start()
+    common.sidebar()
+    state.write_to_url()
+    try:
+        page.run()
+        state.write_to_url()
+    except Exception as e:  # a bug must not show a traceback: log it, say it in one line
+        logging.getLogger("explorer").exception("view %s failed", view)
+        st.error(f"Something went wrong on this page ({type(e).__name__}: {str(e)[:200]}). "
+                 "The run folders are unchanged; try another run or reload the page.")
+
+
+main()

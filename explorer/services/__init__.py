@@ -1,0 +1,1 @@
+"""Services: run folders, training jobs, computations for the views, uploads (no widgets)."""

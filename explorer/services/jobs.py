@@ -1,0 +1,302 @@
+"""Training jobs: `python -m trainer fit` as a separate process, one per run folder.
+
+The app never trains in its own script thread. `start` launches the trainer's command
+line in a new process group (so that Cancel can signal the whole group) with its output
+going to `train.log` in the run folder, and records the launch in `job.json`:
+
+    job.json    {"pid", "config", "command", "started"}   written once, at launch
+
+The trainer itself writes `status.json` (running/done/failed/cancelled, epoch, heartbeat,
+message) and `metrics.jsonl`; `job_state` combines those with whether the process is still
+alive, so a process that died without a word is reported as failed, with the last error
+line of its log.
+
+No duplicates: `job.json` is created with O_EXCL (one job per run folder, even from two
+browser tabs or two app processes), and a lock on the runs folder serialises the start of
+jobs so that a second click with the same settings finds the first job instead of starting
+a twin.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer import RunConfig, TrainerError
+from trainer.runs import atomic_write_json, read_metrics, read_status, write_status
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # where `python -m trainer` is importable
+JOB_FILE = "job.json"
+LOG_FILE = "train.log"
+ACTIVE = ("queued", "running")
+
+# Popen objects of the jobs this process started: polling them reaps finished children
+# (a finished child that is never waited for stays a zombie and looks alive to kill(pid, 0)).
+_PROCS: dict[int, subprocess.Popen] = {}
+
+
+class JobBusy(TrainerError):
+    """A job for this run (or with these exact settings) is already queued or running."""
+
+
+@dataclass
+class JobState:
+    state: str  # queued | running | done | failed | cancelled
+    epoch: int  # epochs finished
+    epochs: int  # epochs asked for
+    message: str  # the trainer's one-line message (failed / cancelled), else ""
+    pid: int | None  # the training process
+    eta_s: float | None  # seconds left, estimated from the epochs so far; None before the first
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.epoch / self.epochs) if self.epochs else 0.0
+
+
+# -- the command line ------------------------------------------------------------------------
+
+def fit_command(cfg: RunConfig, out: Path, threads: int) -> list[str]:
+    """The `python -m trainer fit` argument list that trains `cfg` into `out`."""
+    m, t = cfg.model, cfg.train
+    return [sys.executable, "-m", "trainer", "fit",
+            "--data", cfg.data, "--out", str(out),
+            "--arch", m.arch, "--hidden", ",".join(str(h) for h in m.hidden),
+            "--latent-dim", str(m.latent_dim), "--likelihood", m.likelihood,
+            "--sigma-dec", str(m.sigma_dec),
+            "--beta", repr(float(t.beta)), "--kl-warmup", str(t.kl_warmup),
+            "--mc-samples", str(t.mc_samples), "--epochs", str(t.epochs),
+            "--batch-size", str(t.batch_size), "--lr", repr(float(t.lr)), "--seed", str(t.seed),
+            "--device", t.device, "--threads", str(threads), "--quiet"]
+
+
+def _settings(cfg: RunConfig) -> dict:
+    """What makes two jobs the same job: the settings, not the informational fields."""
+    d = cfg.to_dict()
+    d.pop("data_shape", None)
+    d.pop("versions", None)
+    d["train"].pop("threads", None)
+    return d
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+def pid_alive(pid: object) -> bool:
+    """Whether process `pid` is running (a zombie counts as finished)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    proc = _PROCS.get(pid)
+    if proc is not None:
+        return proc.poll() is None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # Linux: a zombie has exited but was not reaped by its parent
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def read_job(run_dir: Path) -> dict | None:
+    try:
+        job = json.loads((Path(run_dir) / JOB_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return job if isinstance(job, dict) else None
+
+
+def last_error_line(run_dir: Path) -> str:
+    """The trainer's last `error: ...` line in train.log (its one-line message), or ''."""
+    try:
+        lines = (Path(run_dir) / LOG_FILE).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if line.startswith("error: "):
+            return line[len("error: "):].strip()[:500]
+    return ""
+
+
+def job_state(run_dir: Path) -> JobState | None:
+    """The state of the run's training job, or None if it never had one."""
+    run_dir = Path(run_dir)
+    status = read_status(run_dir)
+    job = read_job(run_dir)
+    if status is None and job is None:
+        return None
+    status = status or {"state": "queued"}
+    pid = status.get("pid") if isinstance(status.get("pid"), int) else (job or {}).get("pid")
+    state, message = status["state"], str(status.get("message") or "")
+    if state in ACTIVE and not pid_alive(pid):
+        state = "failed"
+        message = last_error_line(run_dir) or message or \
+            "the training process stopped without finishing: retrain the run"
+    epochs = status.get("epochs") or (job or {}).get("config", {}).get("train", {}).get("epochs") or 0
+    epoch = int(status.get("epoch") or 0)
+    return JobState(state, epoch, int(epochs), message, pid if isinstance(pid, int) else None,
+                    _eta(run_dir, status, epoch, int(epochs)) if state in ACTIVE else None)
+
+
+def _eta(run_dir: Path, status: dict, epoch: int, epochs: int) -> float | None:
+    """Seconds left: the mean time per finished epoch (from metrics.jsonl) times the epochs left."""
+    rows = [r for r in read_metrics(run_dir) if isinstance(r.get("wall_time"), (int, float))]
+    started = status.get("started")
+    if not rows or not isinstance(started, (int, float)):
+        return None
+    done = rows[-1].get("epoch") or len(rows)
+    per_epoch = (rows[-1]["wall_time"] - started) / max(1, done)
+    return max(0.0, per_epoch * (epochs - done))
+
+
+@contextmanager
+def _runs_lock(root: Path):
+    """An exclusive lock on the runs folder (held only while a job is being started)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".jobs.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def active_job_with_settings(root: Path, cfg: RunConfig) -> str | None:
+    """The name of a queued/running run in `root` with exactly these settings, if any."""
+    want = _settings(cfg)
+    for d in sorted(Path(root).iterdir()) if Path(root).is_dir() else []:
+        job = read_job(d) if d.is_dir() else None
+        if job and job.get("config") and _same(job["config"], want):
+            js = job_state(d)
+            if js is not None and js.active:
+                return d.name
+    return None
+
+
+def _same(saved: dict, want: dict) -> bool:
+    try:
+        return _settings(RunConfig.from_dict(saved)) == want
+    except TrainerError:
+        return False
+
+
+def start(root: Path, name: str, cfg: RunConfig, threads: int) -> Path:
+    """Launch `python -m trainer fit` for `cfg` into `root/name`; returns the run folder.
+
+    Raises JobBusy if that run is already training, or if another run with the very same
+    settings is (a double click, a second tab), and TrainerError for a bad name or config.
+    """
+    root = Path(root).resolve()
+    cfg.validate()
+    run_dir = root / check_name(name)
+    with _runs_lock(root):
+        js = job_state(run_dir) if run_dir.is_dir() else None
+        if js is not None and js.active:
+            raise JobBusy(f"{name} is already training (epoch {js.epoch} of {js.epochs})")
+        twin = active_job_with_settings(root, cfg)
+        if twin is not None:
+            raise JobBusy(f"a run with exactly these settings is already training: {twin}")
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise TrainerError(f"a run named {name} already exists: choose another name or delete it first")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:  # O_EXCL: exactly one job per run folder, whatever else happens concurrently
+            fd = os.open(run_dir / JOB_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            raise JobBusy(f"{name} is already being started") from None
+        os.close(fd)
+        command = fit_command(cfg, run_dir, threads)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+        env["OMP_NUM_THREADS"] = str(max(1, threads))
+        try:
+            with open(run_dir / LOG_FILE, "ab") as log:
+                proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
+                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as e:
+            (run_dir / JOB_FILE).unlink(missing_ok=True)
+            raise TrainerError(f"cannot start the training process ({e.strerror or e})") from None
+        _PROCS[proc.pid] = proc
+        atomic_write_json(run_dir / JOB_FILE, {"pid": proc.pid, "config": cfg.to_dict(),
+                                               "command": command[1:], "started": time.time()})
+        if read_status(run_dir) is None:  # the trainer overwrites this with "running"
+            write_status(run_dir, "queued", pid=proc.pid, epoch=0, epochs=cfg.train.epochs, message="")
+    return run_dir
+
+
+def cancel(run_dir: Path, wait_s: float = 15.0) -> JobState | None:
+    """Stop the run's job: SIGTERM to its process group (the trainer finishes the current
+    step, keeps the last epoch's checkpoint and marks the run cancelled), SIGKILL if it has
+    not stopped after `wait_s` seconds. Returns the final state."""
+    run_dir = Path(run_dir)
+    js = job_state(run_dir)
+    if js is None or not js.active or js.pid is None:
+        return js
+    pid = js.pid
+    _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait_s
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pid_alive(pid):
+        _signal_group(pid, signal.SIGKILL)
+        while pid_alive(pid) and time.monotonic() < deadline + 5:
+            time.sleep(0.05)
+    status = read_status(run_dir)
+    if status is None or status.get("state") in ACTIVE:  # stopped before the trainer could say so
+        write_status(run_dir, "cancelled", message="cancelled before the first epoch finished")
+    _PROCS.pop(pid, None)
+    return job_state(run_dir)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)  # start_new_session: the group id is the job's pid
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        os.kill(pid, sig)
+
+
+# -- names -------------------------------------------------------------------------------------
+
+def check_name(name: str) -> str:
+    """A run name is one plain folder name: letters, digits, '-', '_' and '.'."""
+    name = (name or "").strip()
+    ok = name and len(name) <= 80 and name not in (".", "..", "uploads") and not name.startswith(".") \
+        and all(c.isalnum() or c in "-_." for c in name)
+    if not ok:
+        raise TrainerError(f"bad run name {name!r}: use up to 80 letters, digits, '-', '_' or '.' "
+                           "(not 'uploads', not starting with a dot)")
+    return name
+
+
+def suggest_name(root: Path, cfg: RunConfig, base: str | None = None) -> str:
+    """A free run name that says what the run is, e.g. digits-2d, digits-2d-2, gmm2d-2d-beta4."""
+    if base is None:
+        data = Path(cfg.data.split(":")[0]).stem or "data"
+        base = f"{data}-{cfg.model.latent_dim}d"
+        if cfg.model.arch != "mlp":
+            base += f"-{cfg.model.arch}"
+        if cfg.train.beta != 1:
+            base += f"-beta{cfg.train.beta:g}"
+        if cfg.train.seed != 0:
+            base += f"-seed{cfg.train.seed}"
+    base = "".join(c if (c.isalnum() or c in "-_.") else "-" for c in base).strip(".-") or "run"
+    base = base[:70]
+    name, i = base, 2
+    while (Path(root) / name).exists() or name == "uploads":
+        name, i = f"{base}-{i}", i + 1
+    return name

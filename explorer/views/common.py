@@ -1,0 +1,230 @@
+"""Pieces every view shares: the sidebar, the first start, the active run, live progress."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from explorer import charts, state
+from explorer.services import explore, jobs
+from explorer.services import runs as run_service
+from trainer import Run, RunConfig, TrainerError
+from trainer.runs import read_metrics
+
+DEFAULT_RUN = "digits-2d"
+NATS_NOTE = "All numbers are per sample, in nats, with the sign of a log-likelihood: higher is better."
+
+
+def runs_root() -> Path:
+    """The runs folder chosen in the sidebar ($VAE_RUNS_DIR or runs/ by default)."""
+    value = st.session_state.get("runs_dir") or str(run_service.default_runs_dir())
+    return Path(value).expanduser().resolve()
+
+
+def autostart_enabled() -> bool:
+    return os.environ.get("VAE_AUTOSTART", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def default_config() -> RunConfig:
+    """The first start's run: digits, 2-D latent, Gaussian p(x|z) with a learned sigma_dec."""
+    cfg = RunConfig(data="digits")
+    cfg.train.epochs = int(os.environ.get("VAE_DEFAULT_EPOCHS", "100"))
+    return cfg
+
+
+def train_threads() -> int:
+    """Torch threads for a training job: $VAE_TRAIN_THREADS, else up to 4 of this machine's cores."""
+    env = os.environ.get("VAE_TRAIN_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "estimating time left"
+    s = int(round(s))
+    return f"about {s // 60} min {s % 60} s left" if s >= 60 else f"about {s} s left"
+
+
+# -- sidebar -------------------------------------------------------------------------------------
+
+def sidebar() -> None:
+    """Runs folder, active run and what is training now."""
+    with st.sidebar:
+        if "runs_dir" not in st.session_state:
+            st.session_state["runs_dir"] = str(run_service.default_runs_dir())
+        st.text_input("Runs folder", key="runs_dir",
+                      help="Folder holding one sub-folder per training run (default: $VAE_RUNS_DIR or runs/).")
+        summaries = run_service.list_runs(runs_root())
+        names = [s.name for s in summaries]
+        current = state.get("run")
+        if current not in names:
+            trained = [s.name for s in summaries if s.trained]
+            current = trained[0] if trained else (names[0] if names else None)
+            state.set("run", current)
+        if names:
+            by_name = {s.name: s for s in summaries}
+            st.session_state["active_run"] = current
+            st.selectbox("Active run", names, key="active_run",
+                         format_func=lambda n: f"{n}  ({by_name[n].state})",
+                         on_change=lambda: state.set("run", st.session_state["active_run"]),
+                         help="The run the Latent map, Interpolate, ELBO and Generate pages show.")
+        else:
+            st.caption("No runs yet.")
+        for s in summaries:
+            if s.state in jobs.ACTIVE:
+                st.caption(f":material/hourglass_top: **{s.name}** is training: epoch {s.epoch} of {s.epochs}")
+
+
+def first_start() -> None:
+    """With an empty runs folder, start the default training once per session."""
+    if st.session_state.get("_first_start_done"):
+        return
+    st.session_state["_first_start_done"] = True
+    root = runs_root()
+    if run_service.list_runs(root) or not autostart_enabled():
+        return
+    try:
+        jobs.start(root, DEFAULT_RUN, default_config(), train_threads())
+    except jobs.JobBusy:
+        pass  # another tab started it a moment ago
+    except (TrainerError, OSError) as e:
+        st.error(f"Could not start the first training in {root}: {e}")
+        return
+    state.set("run", DEFAULT_RUN)
+    st.session_state["_first_start_run"] = DEFAULT_RUN
+
+
+# -- the active run ------------------------------------------------------------------------------
+
+def active_summary() -> run_service.RunSummary | None:
+    name = state.get("run")
+    if not name:
+        return None
+    path = runs_root() / name
+    if not run_service.is_run_folder(path):
+        return None
+    return run_service.summarize(path)
+
+
+def trained_run() -> tuple[run_service.RunSummary, Run] | None:
+    """The active run opened for exploring, or None after saying in the page why not
+    (no run yet, still training, failed, damaged)."""
+    summary = active_summary()
+    if summary is None:
+        if state.get("run"):
+            st.error(f"Run {state.get('run')!r} is not in {runs_root()}: choose another run in the sidebar.")
+        else:
+            st.info("There is no trained run yet. Start one on the **Train** page.")
+            st.page_link("views/train.py", label="Go to Train", icon=":material/model_training:")
+        return None
+    if summary.state in jobs.ACTIVE:
+        if st.session_state.get("_first_start_run") == summary.name:
+            st.info("**First start.** There are no runs yet, so the app is training a default VAE on the "
+                    "built-in digits (8x8 images of handwritten digits) with a 2-D latent space. "
+                    "This page shows the result as soon as it is done; it takes about a minute or less.")
+        else:
+            st.info(f"**{summary.name}** is training. This page shows it when it is done.")
+        live_progress(str(summary.path))
+        return None
+    if not summary.trained:
+        if summary.state == "failed":
+            st.error(f"Training {summary.name} failed: {summary.message}")
+        elif summary.state == "cancelled":
+            st.warning(f"{summary.name} was cancelled before its first epoch: there is nothing learned to "
+                       "explore. Retrain it on the Train page.")
+        else:
+            st.error(f"{summary.name} has no trained weights: {summary.message or 'retrain it on the Train page'}")
+        return None
+    try:
+        run = run_service.open_run(summary.path)
+    except TrainerError as e:
+        st.error(f"Cannot open {summary.name}: {e}")
+        return None
+    if summary.state == "failed":
+        st.warning(f"Training {summary.name} failed ({summary.message}); showing its last saved epoch.")
+    elif summary.state == "cancelled":
+        st.caption(f"{summary.name} was cancelled after epoch {summary.epoch} of {summary.epochs}; "
+                   "showing that epoch's weights.")
+    return summary, run
+
+
+@st.fragment(run_every=1.0)
+def live_progress(run_dir: str) -> None:
+    """Progress bar, ETA, live curves and Cancel for a training job; reruns the whole page
+    when the job ends so that it shows the result."""
+    path = Path(run_dir)
+    js = jobs.job_state(path)
+    if js is None or not js.active:
+        st.rerun(scope="app")
+    st.progress(js.fraction, text=f"Training **{path.name}**: epoch {js.epoch} of {js.epochs} · "
+                                  f"{fmt_seconds(js.eta_s)}")
+    rows = read_metrics(path)
+    if rows:
+        st.plotly_chart(charts.training_curves(charts.metrics_arrays(rows), "Live training curves"),
+                        key="live_curves")
+        st.caption("ELBO and its two terms per epoch, test split solid, training split dashed; "
+                   + NATS_NOTE)
+    else:
+        st.caption("Starting: loading the data and building the model...")
+    if st.button("Cancel training", key="cancel_training", icon=":material/stop_circle:"):
+        with st.spinner("Stopping after the current step..."):
+            jobs.cancel(path)
+        st.rerun(scope="app")
+
+
+def failure_message(summary: run_service.RunSummary) -> None:
+    if summary.state == "failed":
+        st.error(f"Training {summary.name} failed: {summary.message}")
+
+
+# -- picking a test sample --------------------------------------------------------------------
+
+def selected_index(n: int) -> int:
+    """The selected test sample (kept in the URL as ?sample=), clipped to the test set."""
+    i = state.get("sample", 0)
+    i = int(i) if isinstance(i, int) and 0 <= i < n else 0
+    state.set("sample", i)
+    return i
+
+
+def sample_input(n: int, key: str = "sample_index") -> int:
+    """A number input for the selected sample that stays in step with map clicks."""
+    current = selected_index(n)
+    if st.session_state.get(key) != current:
+        st.session_state[key] = current
+    st.number_input(f"Selected test sample (0 to {n - 1})", min_value=0, max_value=n - 1, step=1, key=key,
+                    on_change=lambda: state.set("sample", int(st.session_state[key])),
+                    help="Click a point on the latent map, or type an index.")
+    return selected_index(n)
+
+
+def point_from_event(chart_key: str) -> int | None:
+    """The test index of the point selected in a plotly chart (customdata), if any."""
+    event = st.session_state.get(chart_key)
+    try:
+        points = event["selection"]["points"]
+    except (KeyError, TypeError):
+        return None
+    for p in points:
+        cd = p.get("customdata")
+        if isinstance(cd, list):
+            cd = cd[0] if cd else None
+        if isinstance(cd, (int, float)) and not isinstance(cd, bool):
+            return int(cd)
+    return None
+
+
+def show_sample(enc: explore.Encoded, i: int, recon: np.ndarray, caption_prefix: str = "") -> None:
+    """Input and reconstruction side by side (images), or as bars (vectors)."""
+    if enc.is_image:
+        c1, c2 = st.columns(2)
+        c1.image(explore.png(enc.x[i:i + 1], size=140), caption=f"{caption_prefix}input x (sample {i})")
+        c2.image(explore.png(recon[None], size=140), caption="reconstruction f(mu(x))")
+    else:
+        st.plotly_chart(charts.vector_bars({"input x": enc.x[i], "reconstruction f(mu(x))": recon},
+                                           f"Sample {i}: input and reconstruction"), key=f"vec_{caption_prefix}{i}")

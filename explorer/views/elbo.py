@@ -1,0 +1,4 @@
+import streamlit as st
+
+st.title("elbo")
+st.info("coming soon")
