@@ -40,8 +40,8 @@ LERP_SLERP_DASH = {"lerp": "solid", "slerp": "dot"}
 
 def _layout(fig: go.Figure, title: str, height: int = 380, **kw) -> go.Figure:
     fig.update_layout(title=dict(text=title, font=dict(size=15)), height=height,
-                      margin=dict(l=10, r=10, t=50, b=10),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1), **kw)
+                      margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0), **kw)
     return fig
 
 

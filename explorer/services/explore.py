@@ -380,3 +380,19 @@ def category_names(option: str) -> dict[float, str] | None:
 
         return {float(i): n for i, n in enumerate(SHAPE_NAMES)}
     return None
+
+
+EVAL_K = 100  # importance samples per test sample for the Runs table's log p(x)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _evaluation(path: str, mtime: float, k: int) -> dict:
+    from trainer import evaluate_run
+
+    return evaluate_run(open_run(Path(path)), "test", k=k)
+
+
+def cached_evaluation(path: Path, k: int = EVAL_K) -> dict:
+    """trainer.evaluate_run on the test split: elbo, recon, kl, log_px (K = k), gap, active
+    units; per-sample means, nats."""
+    return _evaluation(*_key(path), k)

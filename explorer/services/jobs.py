@@ -300,3 +300,25 @@ def suggest_name(root: Path, cfg: RunConfig, base: str | None = None) -> str:
     while (Path(root) / name).exists() or name == "uploads":
         name, i = f"{base}-{i}", i + 1
     return name
+
+
+def unused_seed(root: Path, cfg: RunConfig) -> int:
+    """A seed that no run in `root` with otherwise the same settings has used (for Retrain
+    with a new seed)."""
+    want = _settings(cfg)
+    want["train"].pop("seed")
+    used = {cfg.train.seed}
+    for d in Path(root).iterdir() if Path(root).is_dir() else []:
+        job = read_job(d) if d.is_dir() else None
+        saved = (job or {}).get("config")
+        if not isinstance(saved, dict):
+            continue
+        try:
+            other = RunConfig.from_dict(saved)
+        except TrainerError:
+            continue
+        s = _settings(other)
+        seed = s["train"].pop("seed")
+        if s == want:
+            used.add(seed)
+    return max(used) + 1

@@ -139,3 +139,34 @@ def fmt(v, digits: int = 2) -> str:
     if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
         return f"{v:.{digits}f}"
     return ""
+
+
+def table_row(s: RunSummary, evaluation: dict | None = None) -> dict:
+    """One row of the Runs table (numbers per sample, nats; '' where unknown)."""
+    c = s.config
+    sigma = ""
+    if c is not None:
+        if c.model.likelihood == "bernoulli":
+            sigma = "(bernoulli)"
+        elif c.model.sigma_dec == "learned":
+            sigma = "learned " + fmt(s.final.get("sigma_dec"), 3) if s.final.get("sigma_dec") is not None else "learned"
+        else:
+            sigma = f"{float(c.model.sigma_dec):g}"
+    ev = evaluation or {}
+    return {
+        "run": s.name,
+        "state": s.state,
+        "data": c.data if c else "",
+        "arch": c.model.arch if c else "",
+        "latent d": c.model.latent_dim if c else None,
+        "likelihood": c.model.likelihood if c else "",
+        "sigma_dec": sigma,
+        "beta": c.train.beta if c else None,
+        "epochs": f"{s.epoch}/{s.epochs}",
+        "test ELBO": fmt(ev.get("elbo", s.final.get("test_elbo"))),
+        "recon": fmt(ev.get("recon", s.final.get("test_recon"))),
+        "KL": fmt(ev.get("kl", s.final.get("test_kl"))),
+        "log p(x)": fmt(ev.get("log_px")),
+        "active units": s.final.get("active_units") if s.final.get("active_units") is not None else "",
+        "message": s.message,
+    }

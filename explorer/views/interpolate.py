@@ -1,4 +1,153 @@
+"""Interpolate: walk from the code of test sample A to that of sample B and decode each step."""
+
+from __future__ import annotations
+
+import numpy as np
 import streamlit as st
 
-st.title("interpolate")
-st.info("coming soon")
+from explorer import charts, state
+from explorer.services import explore
+from explorer.views import common
+from explorer.views.latent_map import projected
+
+CHART_KEY = "interp_map_chart"
+
+
+def default_endpoints(enc: explore.Encoded) -> tuple[int, int]:
+    """Sample 0 and the first sample with another label (or sample 1)."""
+    a = 0
+    if enc.labels is not None:
+        other = np.nonzero(enc.labels[:, 0] != enc.labels[0, 0])[0]
+        if len(other):
+            return a, int(other[0])
+    return a, min(1, enc.n - 1)
+
+
+def _set_endpoint(which: str, i: int) -> None:
+    state.set(which.lower(), int(i))
+    st.session_state[f"endpoint_{which.lower()}"] = int(i)
+
+
+def _on_map_click() -> None:
+    i = common.point_from_event(CHART_KEY)
+    if i is None:
+        return
+    which = st.session_state.get("click_sets", "A")
+    _set_endpoint(which, i)
+    st.session_state["click_sets"] = "B" if which == "A" else "A"  # the next click sets the other end
+
+
+def _on_random(n: int) -> None:
+    rng = np.random.default_rng()
+    a, b = rng.choice(n, size=2, replace=False)
+    _set_endpoint("A", a)
+    _set_endpoint("B", b)
+
+
+def main() -> None:
+    st.title("Interpolate")
+    res = common.trained_run()
+    if res is None:
+        return
+    summary, run = res
+    enc = explore.cached_encoded(summary.path)
+    n = enc.n
+    st.caption("Pick two test samples A and B. Their codes mu(A) and mu(B) are joined by a path z(t), "
+               "t from 0 to 1, and each point of the path is decoded to f(z(t)). lerp is the straight "
+               "line; slerp follows the sphere, keeping |z| between |mu(A)| and |mu(B)|, where the prior "
+               "N(0, I) puts its mass (its typical set).")
+
+    da, db = default_endpoints(enc)
+    a = state.get("a", da)
+    b = state.get("b", db)
+    a, b = (a if 0 <= a < n else da), (b if 0 <= b < n else db)
+    state.set("a", a)
+    state.set("b", b)
+    for which, value in (("a", a), ("b", b)):
+        if st.session_state.get(f"endpoint_{which}") != value:
+            st.session_state[f"endpoint_{which}"] = value
+
+    c1, c2, c3, c4 = st.columns([2, 2, 2, 2])
+    c1.number_input("Endpoint A (test sample)", 0, n - 1, step=1, key="endpoint_a",
+                    on_change=lambda: state.set("a", int(st.session_state["endpoint_a"])))
+    c2.number_input("Endpoint B (test sample)", 0, n - 1, step=1, key="endpoint_b",
+                    on_change=lambda: state.set("b", int(st.session_state["endpoint_b"])))
+    with c3:
+        st.radio("A click on the map sets", ["A", "B"], key="click_sets", horizontal=True,
+                 help="Click a point on the map below to make it endpoint A or B; the choice then "
+                      "switches to the other endpoint.")
+    with c4:
+        st.button("Random endpoints", key="random_endpoints", on_click=_on_random, args=(n,),
+                  icon=":material/casino:")
+
+    c1, c2, c3 = st.columns([2, 4, 2])
+    with c1:
+        state.seed_widget("interp_path", "path", "lerp")
+        method = st.radio("Path", ["lerp", "slerp"], key="interp_path", horizontal=True,
+                          help="lerp: (1 - t) a + t b.  slerp: along the great circle, norm interpolated.")
+        state.set("path", method)
+    with c2:
+        state.seed_widget("interp_t", "t", 0.5)
+        t = st.slider("t (position on the path, 0 = A, 1 = B)", 0.0, 1.0, step=0.01, key="interp_t")
+        state.set("t", round(float(t), 2))
+    with c3:
+        strip_n = st.slider("Images in the strip", 3, 15, 8, key="strip_n")
+
+    with st.spinner("Decoding the path..."):
+        frames = explore.cached_path_frames(summary.path, a, b, method)
+        other = explore.cached_path_frames(summary.path, a, b, "slerp" if method == "lerp" else "lerp")
+    k = int(round(t * (len(frames.t) - 1)))
+
+    left, right = st.columns([3, 2])
+    with right:
+        st.subheader(f"Decoded at t = {frames.t[k]:.2f}")
+        if enc.is_image:
+            st.image(explore.png(frames.images[k:k + 1], size=300),
+                     caption=f"f(z(t)), the decoder's mean image at t = {frames.t[k]:.2f}")
+        elif frames.images.shape[-1] == 2 and frames.images.ndim == 2:
+            st.plotly_chart(charts.data_scatter(enc.x, {"decoded path": frames.images,
+                                                        f"f(z(t)), t = {frames.t[k]:.2f}": frames.images[k:k + 1]},
+                                                "The path decoded, in data space"), key="interp_data")
+        else:
+            st.plotly_chart(charts.vector_bars({f"f(z(t)), t = {frames.t[k]:.2f}": frames.images[k]},
+                                               "Decoded vector at t"), key="interp_vector")
+        m1, m2 = st.columns(2)
+        m1.metric("log p(z(t))", f"{frames.log_prior[k]:.2f}", help="prior log-density at z(t), nats")
+        m2.metric("ELBO of f(z(t))", f"{frames.decoded_elbo[k]:.2f}",
+                  help="the ELBO the model gives its own decoded sample, nats per sample, higher is better")
+    with left:
+        proj = projected(summary.path, state.get("proj", "PCA"), n)
+        values, discrete = explore.color_values(enc, enc.label_names[0]) if enc.labels is not None else (None, False)
+        fig = charts.latent_map(
+            proj.xy, values, enc.label_names[0] if enc.labels is not None else "", discrete, proj.axis_titles,
+            path=proj.transform(frames.z), path_name=f"path ({method})",
+            endpoints={"A": proj.xy[a], "B": proj.xy[b]}, current=proj.transform(frames.z[k:k + 1])[0],
+            height=480)
+        st.plotly_chart(fig, key=CHART_KEY, on_select=_on_map_click, selection_mode="points",
+                        config={"scrollZoom": True, "displaylogo": False})
+        st.caption("The test set's codes with the path from A to B (black) and z(t) (star)"
+                   + (f", drawn through the same {proj.method} projection as the latent map." if proj.method
+                      not in ("identity",) else ".")
+                   + (" t-SNE/UMAP cannot place new points exactly: the path is placed near its nearest codes."
+                      if proj.method in ("t-SNE", "UMAP") else ""))
+
+    st.subheader(f"The path in {strip_n} steps")
+    idx = np.linspace(0, len(frames.t) - 1, strip_n).round().astype(int)
+    if enc.is_image:
+        st.image(explore.png(frames.images[idx], ncols=strip_n, size=90),
+                 caption="t = " + ", ".join(f"{frames.t[j]:.2f}" for j in idx))
+    else:
+        st.dataframe({f"t={frames.t[j]:.2f}": frames.images[j].ravel() for j in idx})
+    curves = {method: {"log_prior": frames.log_prior, "decoded_elbo": frames.decoded_elbo},
+              ("slerp" if method == "lerp" else "lerp"): {"log_prior": other.log_prior,
+                                                          "decoded_elbo": other.decoded_elbo}}
+    st.plotly_chart(charts.path_profile(frames.t, curves, current_t=float(frames.t[k])), key="path_profile")
+    st.caption("Top: log N(z(t); 0, I), the prior's log-density along each path (nats). A straight line between "
+               "two typical codes dips towards the origin, where |z| is smaller than the prior's samples "
+               "ever are in high dimension; slerp keeps |z| in the typical range. Bottom: the ELBO the model "
+               "assigns to its own decoded image, nats per sample, higher is better. Solid: lerp, "
+               "dotted: slerp. Gold line: the current t.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,196 @@
+"""Train: settings for a new run, one Train button, Retrain, and the live job."""
+
+from __future__ import annotations
+
 import streamlit as st
 
-st.title("train")
-st.info("coming soon")
+from explorer import state
+from explorer.services import jobs
+from explorer.services import runs as run_service
+from explorer.services import uploads
+from explorer.views import common
+from trainer import ModelConfig, RunConfig, TrainConfig, TrainerError
+from trainer.data import BUILTINS
+
+BUILTIN_HELP = {
+    "digits": "8x8 images of handwritten digits (1797), labels 0-9",
+    "shapes": "32x32 sprites: square/ellipse/triangle with scale, rotation, position (10000)",
+    "gmm2d": "2-D points from a mixture of 5 Gaussians (Example 1.2; exact log p(x) known)",
+    "linear-gaussian": "8-D Gaussian data (Examples 1.3-1.6; exact log p(x) known)",
+}
+
+
+def data_choices(root) -> dict[str, str]:
+    """Data set choices: spec -> label shown in the form."""
+    out = {b: f"{b}: {BUILTIN_HELP.get(b, 'built-in')}" for b in BUILTINS}
+    for p in uploads.list_uploads(root):
+        out[str(p)] = f"upload: {p.name}"
+    return out
+
+
+def _handle_upload(root) -> None:
+    files = st.session_state.get("upload_files") or []
+    if not files:
+        return
+    try:
+        saved = uploads.save_upload(root, [(f.name, f.getvalue()) for f in files])
+    except TrainerError as e:
+        st.session_state["_upload_result"] = ("error", str(e))
+        return
+    st.session_state["_upload_result"] = (
+        "ok", f"Saved {saved.name}: {saved.n_samples} samples of shape {list(saved.shape)}"
+              + (" (images)" if saved.is_image else "")
+              + (f", labels: {', '.join(saved.label_names)}" if saved.label_names else "") + ".")
+    st.session_state["train_data"] = saved.spec
+
+
+def config_from_form(v: dict) -> RunConfig:
+    """The RunConfig the form describes; raises TrainerError naming a bad field."""
+    try:
+        hidden = [int(h) for h in str(v["hidden"]).replace(" ", "").split(",") if h]
+    except ValueError:
+        raise TrainerError(f"hidden sizes must be integers separated by commas, e.g. 512,256, not {v['hidden']!r}") \
+            from None
+    data = v["data"] + (f":{v['options'].strip()}" if v.get("options", "").strip() else "")
+    cfg = RunConfig(
+        data=data,
+        model=ModelConfig(arch=v["arch"], hidden=hidden or [512, 256], latent_dim=int(v["latent_dim"]),
+                          likelihood=v["likelihood"],
+                          sigma_dec="learned" if v["sigma_mode"] == "learned" else float(v["sigma_value"])),
+        train=TrainConfig(epochs=int(v["epochs"]), batch_size=int(v["batch_size"]), lr=float(v["lr"]),
+                          beta=float(v["beta"]), kl_warmup=int(v["kl_warmup"]), mc_samples=int(v["mc_samples"]),
+                          seed=int(v["seed"])))
+    cfg.validate()
+    return cfg
+
+
+def launch(root, name: str | None, cfg: RunConfig) -> None:
+    """Start a job and make it the active run; says in the page why not if it cannot."""
+    name = (name or "").strip() or jobs.suggest_name(root, cfg)
+    try:
+        jobs.start(root, name, cfg, common.train_threads())
+    except jobs.JobBusy as e:
+        st.info(f"Not started: {e}.")
+        return
+    except (TrainerError, OSError) as e:
+        st.error(f"Could not start training: {e}")
+        return
+    state.set("run", name)
+    st.session_state["_last_job"] = name
+    st.rerun()
+
+
+def job_panel(root) -> None:
+    """The job this session started last, or else any job running in the runs folder."""
+    name = st.session_state.get("_last_job")
+    summaries = run_service.list_runs(root)
+    active = [s for s in summaries if s.state in jobs.ACTIVE]
+    target = next((s for s in summaries if s.name == name), None)
+    if target is None or (target.state not in jobs.ACTIVE and active):
+        target = active[0] if active else target
+    if target is None:
+        return
+    st.subheader(f"Job: {target.name}")
+    if target.state in jobs.ACTIVE:
+        common.live_progress(str(target.path))
+    elif target.state == "done":
+        st.success(f"{target.name} finished {target.epoch} epochs: test ELBO "
+                   f"{run_service.fmt(target.final.get('test_elbo'))} nats per sample. "
+                   "Explore it on the Latent map page.")
+        st.page_link("views/latent_map.py", label="Open the latent map", icon=":material/scatter_plot:")
+    elif target.state == "failed":
+        st.error(f"Training {target.name} failed: {target.message}")
+    elif target.state == "cancelled":
+        st.warning(f"{target.name} was cancelled: {target.message or 'stopped by the user'}.")
+
+
+def main() -> None:
+    st.title("Train")
+    root = common.runs_root()
+    st.caption("Training runs as a separate process (`python -m trainer fit`) that writes into a run folder; "
+               "this page follows it. You can leave the page or close the tab: the job keeps going.")
+    job_panel(root)
+
+    st.subheader("New run")
+    with st.expander("Use your own data (upload)", expanded=False):
+        st.file_uploader("Data file(s)", key="upload_files", accept_multiple_files=True,
+                         on_change=_handle_upload, args=(root,),
+                         help=".npz with an array x (and optional labels y), .npy, .csv (numbers; a column "
+                              "named label is used as labels), MNIST IDX files, or several PNG/JPEG images. "
+                              f"Up to {uploads.MAX_UPLOAD_MB} MB; checked by loading it on the server.")
+        result = st.session_state.get("_upload_result")
+        if result:
+            (st.success if result[0] == "ok" else st.error)(result[1])
+
+    choices = data_choices(root)
+    if st.session_state.get("train_data") not in choices:
+        st.session_state["train_data"] = "digits"
+    with st.form("train_form"):
+        c1, c2 = st.columns([3, 2])
+        data = c1.selectbox("Data set", list(choices), key="train_data", format_func=choices.get)
+        options = c2.text_input("Data options", key="train_data_options", placeholder="e.g. k=8,sigma=0.3",
+                                help="Options of a built-in, key=value separated by commas, e.g. gmm2d: "
+                                     "k, sigma, radius, n; linear-gaussian: d, sigma, n; all: test (fraction).")
+        c1, c2, c3, c4 = st.columns(4)
+        arch = c1.selectbox("Architecture", ["mlp", "conv", "linear"], key="train_arch",
+                            help="mlp: fully connected; conv: convolutional (images); linear: affine "
+                                 "encoder and decoder (the linear Gaussian examples).")
+        hidden = c2.text_input("Hidden sizes (mlp)", "512,256", key="train_hidden")
+        latent_dim = c3.number_input("Latent size d", 1, 256, 2, key="train_latent_dim",
+                                     help="The size of z; d = 2 draws the latent map without projection.")
+        likelihood = c4.selectbox("Likelihood p(x|z)", ["gaussian", "bernoulli"], key="train_likelihood",
+                                  help="gaussian: N(f(z), sigma_dec^2 I) (eq 1.29); bernoulli: for data in [0, 1].")
+        c1, c2, c3, c4 = st.columns(4)
+        sigma_mode = c1.radio("sigma_dec", ["learned", "fixed"], key="train_sigma_mode", horizontal=True,
+                              help="The decoder's noise scale: learned with the rest, or fixed.")
+        sigma_value = c2.number_input("Fixed sigma_dec", 0.001, 100.0, 0.1, step=0.01, format="%.3f",
+                                      key="train_sigma_value")
+        beta = c3.number_input("beta (KL weight)", 0.0, 100.0, 1.0, step=0.5, key="train_beta",
+                               help="Weight of the KL in the training objective; the reported ELBO always uses 1.")
+        kl_warmup = c4.number_input("KL warm-up epochs", 0, 10000, 0, key="train_kl_warmup",
+                                    help="Epochs over which the KL weight rises from 0 to beta.")
+        c1, c2, c3, c4, c5 = st.columns(5)
+        mc_samples = c1.number_input("MC samples M", 1, 1000, 1, key="train_mc_samples",
+                                     help="Samples of z per x in the reconstruction term (eq 1.31).")
+        epochs = c2.number_input("Epochs", 1, 100000, 100, key="train_epochs")
+        batch_size = c3.number_input("Batch size", 1, 100000, 128, key="train_batch_size")
+        lr = c4.number_input("Learning rate", 0.00001, 1.0, 0.001, step=0.0005, format="%.5f", key="train_lr")
+        seed = c5.number_input("Seed", 0, 2**31 - 1, 0, key="train_seed",
+                               help="Same seed, same data, same settings: the same numbers.")
+        name = st.text_input("Run name", key="train_name", placeholder="automatic, e.g. digits-2d-2",
+                             help="The run folder's name: letters, digits, '-', '_' and '.'.")
+        submitted = st.form_submit_button("Train", type="primary", icon=":material/play_arrow:", key="train_submit")
+    if submitted:
+        try:
+            cfg = config_from_form(dict(data=data, options=options, arch=arch, hidden=hidden,
+                                        latent_dim=latent_dim, likelihood=likelihood, sigma_mode=sigma_mode,
+                                        sigma_value=sigma_value, beta=beta, kl_warmup=kl_warmup,
+                                        mc_samples=mc_samples, epochs=epochs, batch_size=batch_size, lr=lr,
+                                        seed=seed))
+        except TrainerError as e:
+            st.error(f"Check the settings: {e}")
+        else:
+            launch(root, name, cfg)
+
+    st.subheader("Retrain the active run")
+    active = common.active_summary()
+    if active is None or active.config is None:
+        st.caption("Choose a run in the sidebar to retrain it with the same settings.")
+        return
+    c = active.config
+    st.caption(f"**{active.name}**: {c.data}, {c.model.arch}, d = {c.model.latent_dim}, {c.model.likelihood}, "
+               f"sigma_dec {c.model.sigma_dec}, beta {c.train.beta:g}, {c.train.epochs} epochs, seed "
+               f"{c.train.seed}. Retraining writes a new run folder; the old run is kept.")
+    c1, c2 = st.columns([2, 3])
+    seed_choice = c1.radio("Seed", ["same seed", "new seed"], key="retrain_seed", horizontal=True,
+                           help="Same seed reproduces the same numbers; a new seed shows the run-to-run spread.")
+    if c2.button(f"Retrain {active.name}", key="retrain", icon=":material/replay:"):
+        cfg = RunConfig.from_dict(c.to_dict())
+        if seed_choice == "new seed":
+            cfg.train.seed = jobs.unused_seed(root, cfg)
+        launch(root, jobs.suggest_name(root, cfg, base=f"{active.name}-seed{cfg.train.seed}"
+                                       if seed_choice == "new seed" else f"{active.name}-retrain"), cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""The app, run by Streamlit's AppTest: every view renders, URL state round-trips, errors
+are one-line messages, and training starts in the background and can be cancelled."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from explorer.services import jobs
+
+VIEWS = {"runs": "Runs", "train": "Train", "latent-map": "Latent map", "interpolate": "Interpolate",
+         "elbo": "ELBO breakdown", "generate": "Generate"}
+
+
+def plotly_specs(at) -> list[dict]:
+    return [json.loads(e.proto.spec) for e in at.get("plotly_chart")]
+
+
+def array(v) -> np.ndarray:
+    """A plotly JSON array: a list, or a typed array {"dtype", "bdata" (base64)[, "shape"]}."""
+    if isinstance(v, dict) and "bdata" in v:
+        import base64
+
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        return a.reshape([int(n) for n in str(v["shape"]).split(",")]) if "shape" in v else a
+    return np.asarray(v)
+
+
+def assert_clean(at) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not [e.value for e in at.error], [e.value for e in at.error]
+
+
+@pytest.mark.parametrize("view", list(VIEWS))
+def test_every_view_renders_a_trained_run(make_app, runs_dir, view):
+    at = make_app(runs_dir, view=view).run()
+    assert_clean(at)
+    assert [t.value for t in at.title] == [VIEWS[view]]
+    assert at.query_params["run"] == "digits-2d"
+    assert at.query_params["view"] == view
+    if view in ("latent-map", "interpolate", "elbo", "generate"):
+        assert at.get("plotly_chart") or at.image, "an exploring view shows a figure"
+    if view == "latent-map":
+        spec = plotly_specs(at)[0]
+        n_points = sum(len(array(tr["x"])) for tr in spec["data"] if tr["type"] == "scattergl")
+        assert n_points == 359  # digits: 1797 samples, 20 % test split
+        assert {tr["name"] for tr in spec["data"] if tr["type"] == "scattergl"} == {f"digit {d}" for d in range(10)}
+
+
+@pytest.mark.parametrize("view", list(VIEWS))
+def test_every_view_renders_an_empty_runs_folder(make_app, tmp_path, view):
+    at = make_app(tmp_path / "empty", view=view).run()
+    assert_clean(at)
+    assert [t.value for t in at.title] == [VIEWS[view]]
+    if view in ("latent-map", "interpolate", "elbo", "generate", "runs"):
+        assert any("no" in i.value.lower() and "run" in i.value.lower() for i in at.info)
+    assert not (tmp_path / "empty" / "digits-2d").exists(), "auto-start was off: nothing may be launched"
+
+
+def test_a_link_reopens_the_same_interpolation(make_app, runs_dir):
+    at = make_app(runs_dir, view="interpolate", run="digits-2d", a=3, b=17, t="0.25", path="slerp").run()
+    assert_clean(at)
+    assert at.number_input(key="endpoint_a").value == 3
+    assert at.number_input(key="endpoint_b").value == 17
+    assert at.slider(key="interp_t").value == pytest.approx(0.25)
+    assert at.radio(key="interp_path").value == "slerp"
+    qp = at.query_params
+    assert (qp["a"], qp["b"], qp["t"], qp["path"], qp["view"]) == ("3", "17", "0.25", "slerp", "interpolate")
+    assert any("t = 0.25" in c for img in at.image for c in img.captions)
+
+
+def test_the_decoded_image_follows_t(make_app, runs_dir):
+    at = make_app(runs_dir, view="interpolate", a=0, b=5, t="0").run()
+    big = at.image[0].value
+    at.slider(key="interp_t").set_value(1.0).run()
+    assert_clean(at)
+    assert at.image[0].value != big
+    assert at.query_params["t"] == "1.00"
+    at.radio(key="interp_path").set_value("slerp").run()
+    assert at.query_params["path"] == "slerp"
+    # the path profile shows both paths: log p(z) and the decoded ELBO for lerp and slerp
+    names = {tr["name"] for spec in plotly_specs(at) for tr in spec["data"]}
+    assert {"lerp: log p(z)", "slerp: log p(z)", "lerp: ELBO", "slerp: ELBO"} <= names
+
+
+def test_random_endpoints_and_the_strip(make_app, runs_dir):
+    at = make_app(runs_dir, view="interpolate").run()
+    at.button(key="random_endpoints").click().run()
+    assert_clean(at)
+    a, b = at.number_input(key="endpoint_a").value, at.number_input(key="endpoint_b").value
+    assert a != b and at.query_params["a"] == str(a) and at.query_params["b"] == str(b)
+    at.slider(key="strip_n").set_value(5).run()
+    assert len(at.image[1].captions[0].split(",")) == 5  # "t = 0.00, 0.25, ..." five steps
+
+
+def test_choosing_a_sample_updates_the_breakdown(make_app, runs_dir):
+    at = make_app(runs_dir, view="latent-map").run()
+    at.number_input(key="sample_index").set_value(7).run()
+    assert_clean(at)
+    assert at.query_params["sample"] == "7"
+    at = make_app(runs_dir, view="elbo", sample=7).run()
+    assert_clean(at)
+    assert at.number_input(key="elbo_sample_index").value == 7
+    metrics = {m.label: float(m.value) for m in at.metric}
+    assert metrics["ELBO"] == pytest.approx(metrics["recon"] + metrics["-KL"], abs=0.011)
+    assert metrics["gap"] == pytest.approx(metrics["log p(x)"] - metrics["ELBO"], abs=0.011)
+    waterfall = next(s for s in plotly_specs(at) if s["data"][0]["type"] == "bar")
+    assert waterfall["layout"]["yaxis"]["title"]["text"] == "nats per sample (higher is better)"
+
+
+def test_latent_map_colour_and_overlays(make_app, runs_dir):
+    at = make_app(runs_dir, view="latent-map").run()
+    at.selectbox(key="color_by").set_value("KL").run()
+    at.checkbox(key="show_manifold").check().run()
+    at.checkbox(key="show_contours").check().run()
+    assert_clean(at)
+    spec = plotly_specs(at)[0]
+    types = [tr["type"] for tr in spec["data"]]
+    assert types.count("scattergl") == 1 and "contour" in types
+    assert spec["layout"]["images"][0]["source"].startswith("data:image/png;base64,")
+
+
+def test_a_damaged_run_is_a_one_line_error(make_app, scratch_runs):
+    (scratch_runs / "digits-2d" / "model.safetensors").write_bytes(b"not a safetensors file")
+    for view in ("latent-map", "interpolate", "elbo", "generate"):
+        at = make_app(scratch_runs, view=view).run()
+        assert not at.exception
+        assert len(at.error) == 1 and "\n" not in at.error[0].value
+        assert "damaged" in at.error[0].value
+
+
+def test_a_failed_run_shows_the_trainers_message(make_app, scratch_runs):
+    from trainer.runs import write_status
+
+    failed = scratch_runs / "broken"
+    failed.mkdir()
+    write_status(failed, "failed", message="the loss became non-finite at epoch 3: lower the learning rate")
+    at = make_app(scratch_runs, view="latent-map", run="broken").run()
+    assert not at.exception
+    assert any("lower the learning rate" in e.value for e in at.error)
+    at = make_app(scratch_runs, view="runs").run()
+    assert any("broken failed" in e.value for e in at.error)
+
+
+def test_delete_asks_for_confirmation(make_app, scratch_runs):
+    at = make_app(scratch_runs, view="runs").run()
+    at.selectbox(key="delete_name").set_value("digits-2d").run()
+    at.button(key="delete_run").click().run()
+    assert (scratch_runs / "digits-2d").exists()
+    at.button(key="cancel_delete").click().run()
+    assert (scratch_runs / "digits-2d").exists()
+    at.button(key="delete_run").click().run()
+    at.button(key="confirm_delete").click().run()
+    assert_clean(at)
+    assert not (scratch_runs / "digits-2d").exists()
+    assert any("Deleted digits-2d" in s.value for s in at.success)
+
+
+def test_a_bad_upload_is_refused_and_a_good_one_is_saved(make_app, tmp_path):
+    root = tmp_path / "runs"
+    at = make_app(root, view="train").run()
+    at.file_uploader(key="upload_files").set_value(("data.npz", b"PK\x03\x04 this is not a zip", "application/octet-stream")).run()
+    assert not at.exception
+    assert len(at.error) == 1 and "data.npz" in at.error[0].value
+    assert not list((root / "uploads").iterdir())
+
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, x=np.random.default_rng(0).random((50, 6)).astype(np.float32))
+    at.file_uploader(key="upload_files").set_value(("points.npz", buf.getvalue(), "application/octet-stream")).run()
+    assert_clean(at)
+    assert any("50 samples of shape [6]" in s.value for s in at.success)
+    saved = root / "uploads" / "points.npz"
+    assert saved.exists()
+    assert at.selectbox(key="train_data").value == str(saved)
+
+
+def _wait_for(predicate, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.slow
+def test_first_start_trains_in_the_background_and_cancel_stops_it(make_app, app_env, tmp_path):
+    root = tmp_path / "runs"
+    app_env.setenv("VAE_AUTOSTART", "1")
+    app_env.setenv("VAE_DEFAULT_EPOCHS", "500")  # far longer than the test: it must not wait for it
+    at = make_app(root)
+    t0 = time.monotonic()
+    at.run(timeout=30)
+    assert time.monotonic() - t0 < 30
+    run_dir = root / "digits-2d"
+    try:
+        assert_clean(at)
+        assert any("First start" in i.value for i in at.info)
+        assert at.get("progress"), "a progress bar while the job runs"
+        pid = jobs.read_job(run_dir)["pid"]
+        assert jobs.pid_alive(pid)
+        assert jobs.job_state(run_dir).state in ("queued", "running")
+        # a second session (another tab) does not start a second job
+        other = make_app(root).run()
+        assert not other.exception
+        assert jobs.read_job(run_dir)["pid"] == pid
+        assert [p.name for p in root.iterdir() if p.is_dir()] == ["digits-2d"]
+
+        at.button(key="cancel_training").click().run(timeout=60)
+        assert not jobs.pid_alive(pid)
+        assert jobs.job_state(run_dir).state == "cancelled"
+        assert json.loads((run_dir / "status.json").read_text())["state"] == "cancelled"
+    finally:
+        jobs.cancel(run_dir)
+
+
+@pytest.mark.slow
+def test_train_form_starts_one_job_and_a_second_click_does_not_duplicate(make_app, tmp_path):
+    root = tmp_path / "runs"
+    at = make_app(root, view="train").run()
+    at.selectbox(key="train_data").set_value("gmm2d")
+    at.text_input(key="train_data_options").input("n=400")
+    at.number_input(key="train_epochs").set_value(400)
+    at.text_input(key="train_name").input("mixture")
+    at.button(key="train_submit").click().run(timeout=30)
+    run_dir = root / "mixture"
+    try:
+        assert_clean(at)
+        job = jobs.read_job(run_dir)
+        assert job["config"]["data"] == "gmm2d:n=400" and job["config"]["train"]["epochs"] == 400
+        assert at.query_params["run"] == "mixture"
+        # the same settings again (a double click, or another tab): refused, no second folder
+        at.text_input(key="train_name").input("")
+        at.button(key="train_submit").click().run(timeout=30)
+        assert any("already training" in i.value for i in at.info)
+        assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["mixture"]
+        # cancel from the page
+        at.button(key="cancel_training").click().run(timeout=60)
+        assert jobs.job_state(run_dir).state == "cancelled"
+        assert not jobs.pid_alive(job["pid"])
+    finally:
+        jobs.cancel(run_dir)
+
+
+def test_bad_settings_are_a_one_line_error(make_app, tmp_path):
+    at = make_app(tmp_path / "runs", view="train").run()
+    at.text_input(key="train_hidden").input("512,abc")
+    at.button(key="train_submit").click().run()
+    assert not at.exception
+    assert len(at.error) == 1 and "hidden sizes" in at.error[0].value
+    assert not (tmp_path / "runs").exists() or not any(p.is_dir() and p.name != "uploads"
+                                                       for p in (tmp_path / "runs").iterdir())
