@@ -122,6 +122,9 @@ def cmd_eval(a) -> int:
         raise TrainerError("--k must be at least 1")
     if a.mc_samples < 1:
         raise TrainerError("--mc-samples must be at least 1")
+    _check_seed(a.seed)
+    if not 0 <= a.threads <= 1024:
+        raise TrainerError("--threads must be between 0 (all cores) and 1024")
     set_threads(a.threads)
     result = evaluate_run(load_run(a.run_dir), a.split, a.k, a.mc_samples, a.seed)
     if a.json:
@@ -141,6 +144,7 @@ def cmd_sample(a) -> int:
 
     if not 1 <= a.n <= 10_000:
         raise TrainerError("--n must be between 1 and 10000")
+    _check_seed(a.seed)
     run = load_run(a.run_dir)
     if len(run.model.data_shape) != 3:
         raise TrainerError(f"{a.run_dir}: the data are not images, so there is no picture to draw")
@@ -149,13 +153,20 @@ def cmd_sample(a) -> int:
     return 0
 
 
+def _check_seed(seed: int) -> None:
+    if not 0 <= seed < 2**63:
+        raise TrainerError("--seed must be a non-negative integer below 2**63")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         a = build_parser().parse_args(argv)
         return {"fit": cmd_fit, "eval": cmd_eval, "sample": cmd_sample}[a.command](a)
     except TrainerError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        # train.NonFiniteLoss is not the user's input: the run failed while training (exit 1).
+        # Matched by name so that a usage error does not have to import torch.
+        return 1 if type(e).__name__ == "NonFiniteLoss" else 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -120,6 +120,13 @@ def _no_unknown(d: dict, cls: type, where: str) -> None:
         raise TrainerError(f"{where}: unknown field(s) {', '.join(unknown)[:200]}")
 
 
+def _to_float(v: int | float, name: str) -> float:
+    try:
+        return float(v)
+    except OverflowError:  # a JSON integer too large for a float
+        raise TrainerError(f"{name} is out of range") from None
+
+
 def _section(d: Any, cls: type, where: str):
     """Build dataclass `cls` from dict `d`, checking each value against the field's default type."""
     if not isinstance(d, dict):
@@ -135,7 +142,7 @@ def _section(d: Any, cls: type, where: str):
             if isinstance(v, str):
                 pass
             elif isinstance(v, (int, float)) and not isinstance(v, bool):
-                v = float(v)
+                v = _to_float(v, f"config.{where}.{f.name}")
             else:
                 raise bad
         elif isinstance(default, bool):
@@ -147,7 +154,7 @@ def _section(d: Any, cls: type, where: str):
         elif isinstance(default, float):
             if not (isinstance(v, (int, float)) and not isinstance(v, bool)):
                 raise bad
-            v = float(v)
+            v = _to_float(v, f"config.{where}.{f.name}")
         elif isinstance(default, str):
             if not isinstance(v, str):
                 raise bad

@@ -20,6 +20,7 @@ import gzip
 import math
 import os
 import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -53,8 +54,8 @@ class Dataset:
 
     @property
     def binary_like(self) -> bool:
-        """Values in [0, 1], so a Bernoulli likelihood is allowed."""
-        return bool(self.x_train.min() >= 0 and self.x_train.max() <= 1)
+        """Values in [0, 1] in both splits, so a Bernoulli likelihood is allowed."""
+        return all(bool(x.min() >= 0 and x.max() <= 1) for x in (self.x_train, self.x_test))
 
 
 # -- spec parsing -------------------------------------------------------------------------
@@ -379,7 +380,7 @@ def _read_idx(p: Path) -> np.ndarray:
     """MNIST's IDX format: 2 zero bytes, a type byte (0x08 = ubyte), a rank byte, big-endian sizes."""
     try:
         raw = gzip.open(p).read() if p.name.endswith(".gz") else p.read_bytes()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:  # zlib.error: a damaged .gz stream
         raise TrainerError(f"{p}: cannot read the IDX file ({e})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise TrainerError(f"{p}: not an IDX file (bad magic number)")
@@ -455,7 +456,8 @@ def _load_image_folder(folder: Path, options: dict):
 
 def check_likelihood(data: Dataset, likelihood: str) -> None:
     if likelihood == "bernoulli" and not data.binary_like:
-        lo, hi = float(data.x_train.min()), float(data.x_train.max())
+        lo = min(float(data.x_train.min()), float(data.x_test.min()))
+        hi = max(float(data.x_train.max()), float(data.x_test.max()))
         raise TrainerError(f"{data.name}: bernoulli needs values in [0, 1] but the data spans "
                            f"[{lo:.3g}, {hi:.3g}]: use --likelihood gaussian")
 

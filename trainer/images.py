@@ -12,7 +12,8 @@ from .errors import TrainerError
 
 
 def to_grid(images: np.ndarray, ncols: int | None = None, pad: int = 1) -> np.ndarray:
-    """(N, C, H, W) in [0, 1] -> one (rows*H, cols*W[, 3]) uint8 array."""
+    """(N, C, H, W) in [0, 1] -> one (rows*H, cols*W[, 3]) uint8 array: RGB from the first
+    three channels when C >= 3 (alpha dropped), else grey from the first channel."""
     n, c, h, w = images.shape
     ncols = ncols or math.ceil(math.sqrt(n))
     nrows = math.ceil(n / ncols)
@@ -21,7 +22,7 @@ def to_grid(images: np.ndarray, ncols: int | None = None, pad: int = 1) -> np.nd
         r, col = divmod(i, ncols)
         grid[:, pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = img
     grid = (np.clip(grid, 0, 1) * 255).round().astype(np.uint8)
-    return grid[0] if c == 1 else np.moveaxis(grid[:3], 0, -1)
+    return np.moveaxis(grid[:3], 0, -1) if c >= 3 else grid[0]
 
 
 def png_bytes(array: np.ndarray, scale: int = 1) -> bytes:

@@ -117,9 +117,8 @@ class VAE(nn.Module):
         return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
 
     def init_from_data(self, x_train: torch.Tensor) -> None:
-        """Start the decoder at the data: output bias = data mean (logit of it for Bernoulli),
-        and a learned sigma_dec = the RMS deviation from that mean, the calibrated optimum for
-        the initial decoder (vae-math.md, practical points)."""
+        """Start the decoder at the data (vae-math.md, practical points): output bias = data
+        mean (logit of it for Bernoulli), and a learned sigma_dec = `initial_sigma_dec`."""
         x = x_train.reshape(len(x_train), -1).float()
         mean = x.mean(0)
         with torch.no_grad():
@@ -131,8 +130,7 @@ class VAE(nn.Module):
                 else:
                     bias.copy_(mean.reshape(bias.shape))
             if isinstance(self.log_sigma_dec, nn.Parameter):
-                rms = (x - mean).pow(2).mean().sqrt().clamp_min(1e-3)
-                self.log_sigma_dec.fill_(math.log(float(rms)))
+                self.log_sigma_dec.fill_(math.log(initial_sigma_dec(x, self.latent_dim)))
 
     def output_bias(self) -> torch.Tensor | None:
         raise NotImplementedError
@@ -142,6 +140,33 @@ class VAE(nn.Module):
         p = next(self.parameters())
         z = torch.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
         return self.mean_image(self.decode(z)).reshape(n, *self.data_shape)
+
+
+def initial_sigma_dec(x: torch.Tensor, latent_dim: int, max_rows: int = 1024) -> float:
+    """Start value for a learned sigma_dec, from the training data x (N, D).
+
+    A learned sigma_dec moves only about lr per Adam step, so where it starts matters. The
+    RMS deviation from the mean (the calibrated optimum for a decoder that outputs the mean)
+    is exactly the noise level at which using a latent dimension stops paying: on isotropic
+    data such as gmm2d the posterior then collapses. Start instead from the noise level of
+    the best *linear* decoder with d latent dimensions (probabilistic PCA, Tipping & Bishop
+    1999): sigma^2 = mean variance outside the top-d principal directions. A trained
+    nonlinear decoder does at least as well. When d >= D that residual is 0, so the value is
+    kept at least a quarter of the RMS deviation. The principal directions come from at
+    most `max_rows` evenly spaced rows; deterministic.
+    """
+    n, D = x.shape
+    total_var = float(x.var(0, unbiased=False).double().sum())  # trace of the covariance
+    floor = max(0.25 * math.sqrt(total_var / D), 1e-3)
+    if latent_dim >= D:
+        return floor
+    rows = x[:: max(1, n // max_rows)][:max_rows].float()
+    rows = rows - rows.mean(0)
+    gram = rows.T @ rows if D <= len(rows) else rows @ rows.T  # same non-zero eigenvalues
+    eigenvalues = torch.linalg.eigvalsh(gram.double() / len(rows)).flip(0)  # descending
+    top = float(eigenvalues[:latent_dim].clamp_min(0).sum())
+    residual = max(total_var - top, 0.0) / (D - latent_dim)
+    return max(math.sqrt(residual), floor)
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
@@ -205,6 +230,7 @@ class LinearVAE(VAE):
 class ConvEncoder(nn.Module):
     def __init__(self, data_shape, channels: list[int], latent_dim: int):
         super().__init__()
+        self.shape_in = tuple(data_shape)  # (C, H, W) of one image
         c, h, w = data_shape
         layers: list[nn.Module] = []
         for ch in channels:  # each layer halves H and W
@@ -250,7 +276,6 @@ class ConvVAE(VAE):
     def __init__(self, cfg: ModelConfig, data_shape):
         super().__init__(cfg, data_shape)
         self.encoder_net = ConvEncoder(self.data_shape, cfg.conv_channels, cfg.latent_dim)
-        self.encoder_net.shape_in = self.data_shape
         self.decoder_net = ConvDecoder(self.data_shape, cfg.conv_channels, cfg.latent_dim)
 
     def output_bias(self):

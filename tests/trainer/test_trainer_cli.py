@@ -1,0 +1,363 @@
+"""The command line as a contract: every bad input exits 2 with one line on stderr that
+names the problem (no traceback), and eval --json has the documented keys.
+
+Most cases call the real `main` in this process (the `cli` fixture: its exit status and
+stderr, fast); a few run `python -m trainer` as a real process to check the wiring."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import ROOT
+from trainer import TrainerError
+from trainer.config import RunConfig
+
+
+def assert_user_error(result, *fragments: str):
+    """Exit 2, one line on stderr starting 'error:', containing every fragment, no traceback."""
+    assert result.status == 2, (result.status, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert result.stdout == ""
+
+
+def fit_args(data, out, *extra):
+    return ("fit", "--data", str(data), "--out", str(out), "--threads", "1", "--epochs", "1", "--quiet", *extra)
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    return bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+# -- bad data files -------------------------------------------------------------------------------
+
+def write_bad_file(tmp_path, kind: str):
+    """Write one kind of bad data; return (spec, fragments the message must contain)."""
+    if kind == "empty file":
+        p = tmp_path / "empty.csv"
+        p.write_bytes(b"")
+        return p, ["empty.csv", "empty"]
+    if kind == "ragged csv":
+        p = tmp_path / "ragged.csv"
+        p.write_text("1,2,3\n4,5,6\n7,8\n")
+        return p, ["ragged.csv", "line 3", "ragged"]
+    if kind == "non-numeric csv":
+        p = tmp_path / "text.csv"
+        p.write_text("1,2\n3,four\n")
+        return p, ["text.csv", "line 2", "non-numeric", "four"]
+    if kind == "nan in csv":
+        p = tmp_path / "nan.csv"
+        p.write_text("1,2\nnan,3\n")
+        return p, ["nan.csv", "NaN or infinite"]
+    if kind == "inf in npy":
+        p = tmp_path / "inf.npy"
+        np.save(p, np.array([[1.0, np.inf], [2.0, 3.0], [4.0, 5.0]]))
+        return p, ["inf.npy", "NaN or infinite"]
+    if kind == "nan in npz":
+        p = tmp_path / "nan.npz"
+        np.savez(p, x=np.array([[1.0, np.nan], [2.0, 3.0]]))
+        return p, ["nan.npz", "NaN or infinite"]
+    if kind == "1-d array":
+        p = tmp_path / "flat.npy"
+        np.save(p, np.arange(10.0))
+        return p, ["flat.npy", "shape [10]"]
+    if kind == "5-d array":
+        p = tmp_path / "deep.npy"
+        np.save(p, np.zeros((2, 2, 2, 2, 2)))
+        return p, ["deep.npy", "5 dimensions"]
+    if kind == "text in npy":
+        p = tmp_path / "strings.npy"
+        np.save(p, np.array([["a", "b"], ["c", "d"]]))
+        return p, ["strings.npy", "not numeric"]
+    if kind == "npz without x":
+        p = tmp_path / "nox.npz"
+        np.savez(p, data=np.zeros((4, 2)))
+        return p, ["nox.npz", "no array named 'x'", "data"]
+    if kind == "object npy":
+        p = tmp_path / "obj.npy"
+        np.save(p, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+        return p, ["obj.npy", "unpickling"]
+    if kind == "labels do not match":
+        p = tmp_path / "ylen.npz"
+        np.savez(p, x=np.zeros((5, 3)), y=np.arange(4))
+        return p, ["ylen.npz", "4 labels for 5 samples"]
+    if kind == "idx labels do not match":
+        (tmp_path / "train-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros((6, 4, 4), np.uint8)))
+        (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(5, np.uint8)))
+        return tmp_path / "train-images-idx3-ubyte", ["train-images-idx3-ubyte", "5 labels for 6 samples"]
+    if kind == "truncated idx":
+        p = tmp_path / "t10k-images-idx3-ubyte"
+        p.write_bytes(idx_bytes(np.zeros((6, 4, 4), np.uint8))[:-10])
+        return p, ["t10k-images-idx3-ubyte", "promises 96 bytes", "has 86"]
+    if kind == "damaged idx.gz":
+        p = tmp_path / "train-images-idx3-ubyte.gz"
+        good = gzip.compress(idx_bytes(np.arange(96, dtype=np.uint8).reshape(6, 4, 4)))
+        p.write_bytes(good[:12] + bytes(b ^ 0xFF for b in good[12:30]) + good[30:])
+        return p, ["train-images-idx3-ubyte.gz", "cannot read the IDX file"]
+    if kind == "unreadable image":
+        folder = tmp_path / "imgs"
+        folder.mkdir()
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "good.png")
+        (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+        return folder, ["broken.png", "cannot read the image"]
+    if kind == "images of different sizes":
+        folder = tmp_path / "mixed"
+        folder.mkdir()
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "a.png")
+        Image.fromarray(np.zeros((9, 8), np.uint8)).save(folder / "b.png")
+        return folder, ["mixed", "different sizes", "size="]
+    if kind == "folder without images":
+        folder = tmp_path / "none"
+        folder.mkdir()
+        (folder / "readme.txt").write_text("hi")
+        return folder, ["none", "no PNG or JPEG"]
+    if kind == "unknown file type":
+        p = tmp_path / "data.parquet"
+        p.write_bytes(b"PAR1")
+        return p, ["data.parquet", "unknown file type"]
+    raise AssertionError(kind)
+
+
+BAD_FILES = ["empty file", "ragged csv", "non-numeric csv", "nan in csv", "inf in npy", "nan in npz",
+             "1-d array", "5-d array", "text in npy", "npz without x", "object npy", "labels do not match",
+             "idx labels do not match", "truncated idx", "damaged idx.gz", "unreadable image",
+             "images of different sizes", "folder without images", "unknown file type"]
+
+
+@pytest.mark.parametrize("kind", BAD_FILES)
+def test_bad_data_file(cli, tmp_path, kind):
+    spec, fragments = write_bad_file(tmp_path, kind)
+    out = tmp_path / "run"
+    assert_user_error(cli(*fit_args(spec, out)), *fragments)
+    assert not (out / "model.safetensors").exists()
+
+
+# -- bad data specs and options --------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec,fragments", [
+    ("no-such-data", ["no-such-data", "no such file or folder", "digits, shapes, gmm2d, linear-gaussian"]),
+    ("gmm2d:k=abc", ["gmm2d:k=abc", "k='abc'", "not a valid int"]),
+    ("gmm2d:sigma=nan", ["sigma must be finite"]),
+    ("gmm2d:k=0", ["k=0", "between 1 and 1000"]),
+    ("gmm2d:colour=red", ["unknown option", "colour"]),
+    ("gmm2d:k", ["bad option 'k'", "key=value"]),
+    ("digits:test=0.95", ["test=0.95", "between 0.01 and 0.9"]),
+    ("linear-gaussian:d=10000,n=10000000", ["more than the limit"]),
+])
+def test_bad_data_spec(cli, tmp_path, spec, fragments):
+    assert_user_error(cli(*fit_args(spec, tmp_path / "run")), *fragments)
+
+
+@pytest.mark.parametrize("extra,fragments", [
+    (["--arch", "transformer"], ["--arch", "invalid choice", "transformer"]),
+    (["--latent-dim", "two"], ["--latent-dim", "invalid int value"]),
+    (["--latent-dim", "0"], ["latent dim must be between 1 and 4096"]),
+    (["--hidden", "512,abc"], ["--hidden", "integers separated by commas"]),
+    (["--hidden", "0"], ["hidden sizes must be between 1 and 65536"]),
+    (["--sigma-dec", "-1"], ["--sigma-dec", "'learned' or a positive number"]),
+    (["--sigma-dec", "inf"], ["--sigma-dec", "'learned' or a positive number"]),
+    (["--likelihood", "poisson"], ["--likelihood", "invalid choice"]),
+    (["--lr", "nan"], ["learning rate must be a positive number"]),
+    (["--lr", "0"], ["learning rate must be a positive number"]),
+    (["--beta", "-1"], ["beta must be a number >= 0"]),
+    (["--mc-samples", "0"], ["mc samples must be between 1 and 1000"]),
+    (["--epochs", "0"], ["epochs must be between 1 and 100000"]),
+    (["--batch-size", "0"], ["batch size must be between 1 and 1000000"]),
+    (["--seed", "-3"], ["seed must be a non-negative integer"]),
+    (["--threads", "-1"], ["threads must be between 0"]),
+    (["--kl-warmup", "-2"], ["kl warm-up must be between 0 and 100000"]),
+    (["--device", "tpu"], ["--device", "invalid choice"]),
+    (["--bogus"], ["unrecognized arguments: --bogus"]),
+])
+def test_bad_fit_option(cli, tmp_path, extra, fragments):
+    out = tmp_path / "run"
+    assert_user_error(cli(*fit_args("digits", out, *extra)), *fragments)
+    assert not (out / "model.safetensors").exists()
+
+
+def test_missing_out_and_missing_command(cli):
+    assert_user_error(cli("fit", "--data", "digits"), "required", "--out")
+    assert_user_error(cli(), "required", "command")
+    assert_user_error(cli("train"), "invalid choice", "train")
+
+
+def test_bernoulli_on_data_outside_0_1(cli, tmp_path):
+    assert_user_error(cli(*fit_args("gmm2d:n=200", tmp_path / "run", "--likelihood", "bernoulli")),
+                      "gmm2d", "bernoulli needs values in [0, 1]", "--likelihood gaussian")
+
+
+def test_conv_on_tiny_images(cli, tmp_path):
+    assert_user_error(cli(*fit_args("digits", tmp_path / "a", "--arch", "conv")),
+                      "conv needs images of at least 16x16", "[1, 8, 8]", "--arch mlp")
+    assert_user_error(cli(*fit_args("gmm2d:n=200", tmp_path / "b", "--arch", "conv")),
+                      "conv needs images", "[2]")
+
+
+def test_existing_run_is_not_overwritten(cli, tmp_path):
+    out = tmp_path / "run"
+    assert cli(*fit_args("gmm2d:n=200", out, "--hidden", "8")).status == 0
+    before = (out / "model.safetensors").read_bytes()
+    assert_user_error(cli(*fit_args("gmm2d:n=200", out, "--hidden", "8")), "already holds a run", "--resume")
+    assert_user_error(cli(*fit_args("gmm2d:n=200", out, "--hidden", "16", "--resume")),
+                      "--resume", "model settings differ")
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+# -- bad run folders for eval and sample ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory):
+    from trainer import fit
+
+    from tests.trainer.conftest import small_config
+
+    out = tmp_path_factory.mktemp("cli") / "digits"
+    fit(small_config("digits", hidden=[16], epochs=1), out)
+    return out
+
+
+def damaged_copy(good_run, tmp_path, damage: str):
+    run = tmp_path / "run"
+    shutil.copytree(good_run, run)
+    if damage == "missing folder":
+        shutil.rmtree(run)
+    elif damage == "empty folder":
+        shutil.rmtree(run)
+        run.mkdir()
+    elif damage == "config not json":
+        (run / "config.json").write_text("{not json")
+    elif damage == "unknown architecture":
+        cfg = json.loads((run / "config.json").read_text())
+        cfg["model"]["arch"] = "os.system"
+        (run / "config.json").write_text(json.dumps(cfg))
+    elif damage == "missing weights":
+        (run / "model.safetensors").unlink()
+    elif damage == "truncated weights":
+        data = (run / "model.safetensors").read_bytes()
+        (run / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif damage == "a file, not a folder":
+        shutil.rmtree(run)
+        run.write_text("hello")
+    return run
+
+
+@pytest.mark.parametrize("damage,fragment", [
+    ("missing folder", "no such run folder"),
+    ("empty folder", "config.json"),
+    ("config not json", "not valid JSON"),
+    ("unknown architecture", "unknown architecture 'os.system'"),
+    ("missing weights", "model.safetensors"),
+    ("truncated weights", "model.safetensors"),
+    ("a file, not a folder", "no such run folder"),
+])
+@pytest.mark.parametrize("command", ["eval", "sample"])
+def test_bad_run_folder(cli, good_run, tmp_path, damage, fragment, command):
+    run = damaged_copy(good_run, tmp_path, damage)
+    args = ("eval", str(run), "--k", "5") if command == "eval" else ("sample", str(run), "--out", str(tmp_path / "s.png"))
+    assert_user_error(cli(*args), str(run), fragment)
+    assert not (tmp_path / "s.png").exists()
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--k", "0"], ["--k must be at least 1"]),
+    (["--mc-samples", "0"], ["--mc-samples must be at least 1"]),
+    (["--split", "valid"], ["--split", "invalid choice"]),
+    (["--threads", "-1"], ["--threads must be between 0"]),
+    (["--seed", "-1"], ["--seed must be a non-negative integer"]),
+])
+def test_bad_eval_option(cli, good_run, args, fragments):
+    assert_user_error(cli("eval", str(good_run), *args), *fragments)
+
+
+def test_bad_sample_options(cli, good_run, tmp_path, gmm_run):
+    assert_user_error(cli("sample", str(good_run), "--n", "0", "--out", str(tmp_path / "a.png")), "--n must be between 1")
+    assert_user_error(cli("sample", str(good_run), "--out", str(tmp_path / "a.jpg")), "a.jpg", "must be a .png")
+    assert_user_error(cli("sample", str(good_run), "--out", str(tmp_path / "nowhere" / "a.png")), "nowhere", "no such folder")
+    assert_user_error(cli("sample", str(gmm_run), "--out", str(tmp_path / "a.png")), "not images")
+
+
+# -- what succeeds ----------------------------------------------------------------------------------
+
+def test_sample_writes_a_png_grid(cli, good_run, tmp_path):
+    result = cli("sample", str(good_run), "--n", "9", "--out", str(tmp_path / "s.png"))
+    assert result.status == 0, result.stderr
+    with Image.open(tmp_path / "s.png") as im:
+        assert im.format == "PNG"
+        # 3 x 3 tiles of 8 pixels with 1-pixel padding, scaled by 64 // 8
+        assert im.size == ((3 * 9 + 1) * 8, (3 * 9 + 1) * 8)
+
+
+EVAL_KEYS = {"n", "elbo", "recon", "kl", "log_px", "gap", "active_units"}
+
+
+def test_eval_json_keys_for_gmm2d(cli, gmm_run):
+    result = cli("eval", str(gmm_run), "--k", "50", "--json", "--threads", "1")
+    assert result.status == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert EVAL_KEYS | {"exact_log_px"} <= set(out)
+    assert out["n"] == 1000
+    assert abs(out["elbo"] - (out["recon"] - out["kl"])) < 1e-6  # float32 terms
+    assert abs(out["gap"] - (out["log_px"] - out["elbo"])) < 1e-9
+    assert out["elbo"] < out["log_px"] < out["exact_log_px"] + 0.05  # per sample, nats, log-likelihood sign
+    assert out["kl"] > 0 and out["active_units"] == 2
+
+
+def test_eval_json_keys_for_linear_gaussian_and_train_split(cli, linear_gaussian_run):
+    result = cli("eval", str(linear_gaussian_run), "--k", "20", "--json", "--split", "train", "--mc-samples", "2")
+    assert result.status == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert EVAL_KEYS | {"exact_log_px"} <= set(out)
+    assert out["n"] == 1600 and out["split"] == "train"
+
+
+def test_eval_json_has_no_exact_log_px_without_a_known_density(cli, good_run):
+    out = json.loads(cli("eval", str(good_run), "--k", "5", "--json").stdout)
+    assert EVAL_KEYS <= set(out) and "exact_log_px" not in out
+    assert out["n"] == 359
+
+
+def test_eval_text_output(cli, good_run):
+    result = cli("eval", str(good_run), "--k", "5")
+    assert result.status == 0
+    assert "per sample, nats, higher is better" in result.stdout
+    for key in ("elbo", "recon", "kl", "log_px", "gap", "active units"):
+        assert key in result.stdout
+
+
+# -- as a real process --------------------------------------------------------------------------------
+
+def python_m_trainer(*args):
+    return subprocess.run([sys.executable, "-m", "trainer", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_real_process_exit_status_and_json(tmp_path, gmm_run):
+    bad = tmp_path / "ragged.csv"
+    bad.write_text("1,2\n3\n")
+    p = python_m_trainer("fit", "--data", bad, "--out", tmp_path / "r")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines() == [f"error: {bad}: line 2 has 1 values, expected 2 (ragged rows)"]
+
+    p = python_m_trainer("eval", gmm_run, "--k", "10", "--json", "--threads", "1")
+    assert p.returncode == 0, p.stderr
+    assert EVAL_KEYS | {"exact_log_px"} <= set(json.loads(p.stdout))
+
+
+def test_huge_integers_in_config_json_are_a_trainer_error():
+    with pytest.raises(TrainerError, match="out of range"):
+        RunConfig.from_dict({"train": {"lr": 10**400}})
+    with pytest.raises(TrainerError, match="out of range"):
+        RunConfig.from_dict({"model": {"sigma_dec": -(10**400)}})
