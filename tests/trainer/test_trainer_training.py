@@ -75,6 +75,23 @@ def test_resume_continues_where_it_stopped(tmp_path):
     assert runs.read_status(tmp_path / "resumed")["state"] == "done"
 
 
+def test_resume_after_a_cancel_mid_epoch_matches_an_uninterrupted_run(tmp_path):
+    """Stopped (as by SIGTERM) in the middle of epoch 3: the run is `cancelled` with the
+    checkpoint of epoch 2; resuming redoes epoch 3 from that checkpoint's random state."""
+    import threading
+
+    fit(cfg_small(4), tmp_path / "straight")
+    stop = threading.Event()
+    state = fit(cfg_small(4), tmp_path / "stopped", stop=stop,
+                on_step=lambda step, epoch, i, n: stop.set() if step == 30 else None)  # 12 steps/epoch
+    assert state == "cancelled"
+    assert runs.read_status(tmp_path / "stopped")["state"] == "cancelled"
+    assert [r["epoch"] for r in runs.read_metrics(tmp_path / "stopped")] == [1, 2]
+    assert fit(cfg_small(4), tmp_path / "stopped", resume=True) == "done"
+    assert numbers(runs.read_metrics(tmp_path / "stopped")) == numbers(runs.read_metrics(tmp_path / "straight"))
+    assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "stopped"))
+
+
 def test_save_and_load_round_trip_bit_exactly(tmp_path):
     """Weights trained in memory, saved by save_checkpoint and read back by load_model (and
     load_run) are the same bits, and the loaded model computes the same numbers."""
@@ -183,3 +200,44 @@ def test_each_architecture_trains_and_improves(tmp_path, arch, spec):
     assert rows[-1]["train_elbo"] > rows[0]["train_elbo"]
     run = load_run(tmp_path / "run")
     assert run.sample(4).shape == (4, *run.model.data_shape)
+
+
+# -- where training starts (vae-math.md, practical points) -------------------------------------
+
+def test_decoder_output_bias_starts_at_the_data_mean():
+    from trainer.config import ModelConfig
+    from trainer.model import build_model
+
+    data = load_dataset("digits", 0)
+    mean = data.x_train.mean(0)
+    for arch, likelihood in (("mlp", "gaussian"), ("linear", "gaussian"), ("mlp", "bernoulli")):
+        model = build_model(ModelConfig(arch=arch, hidden=[16], likelihood=likelihood), data.shape)
+        model.init_from_data(data.x_train)
+        bias = model.output_bias().detach().reshape(mean.shape)
+        if likelihood == "bernoulli":
+            bias = torch.sigmoid(bias)
+            inside = (mean > 1e-3) & (mean < 1 - 1e-3)  # the logit is clamped at the edges
+            torch.testing.assert_close(bias[inside], mean[inside], rtol=1e-4, atol=1e-5)
+        else:
+            torch.testing.assert_close(bias, mean)
+
+
+def test_learned_sigma_dec_starts_at_the_ppca_noise_level():
+    """initial_sigma_dec^2 = mean variance outside the top-d principal directions: the same
+    number as scikit-learn's PCA(d).noise_variance_ (which divides by N - 1, not N)."""
+    from sklearn.decomposition import PCA
+
+    from trainer.model import initial_sigma_dec
+
+    x = load_dataset("digits", 0).x_train.reshape(-1, 64)
+    n = len(x)
+    for d in (2, 10):
+        ours = initial_sigma_dec(x, d, max_rows=n)
+        reference = math.sqrt(PCA(d).fit(x.double().numpy()).noise_variance_ * (n - 1) / n)
+        assert math.isclose(ours, reference, rel_tol=1e-4), (d, ours, reference)
+    # the default uses 1,024 of the 1,438 rows for the principal directions: close
+    assert math.isclose(initial_sigma_dec(x, 2), initial_sigma_dec(x, 2, max_rows=n), rel_tol=0.05)
+    # when d >= D there is no residual: a quarter of the RMS deviation from the mean
+    g = load_dataset("gmm2d:n=2000", 0).x_train
+    rms = float((g - g.mean(0)).pow(2).mean().sqrt())
+    assert math.isclose(initial_sigma_dec(g, 2), 0.25 * rms, rel_tol=1e-5)
