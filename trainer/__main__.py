@@ -167,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         # train.NonFiniteLoss is not the user's input: the run failed while training (exit 1).
         # Matched by name so that a usage error does not have to import torch.
         return 1 if type(e).__name__ == "NonFiniteLoss" else 2
+    except OSError as e:  # e.g. an output file in a folder that cannot be written
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}: choose a folder you can write to", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -105,6 +105,9 @@ def fit(cfg: RunConfig, out_dir: str | Path, resume: bool = False,
         if not isinstance(ts, dict) or not isinstance(ts.get("epoch"), int) or not isinstance(ts.get("step"), int):
             raise TrainerError(f"{out}/train_state.json is damaged: retrain instead of resuming")
         trainer.epoch, trainer.step = ts["epoch"], ts["step"]
+        if trainer.epoch > cfg.train.epochs:
+            raise TrainerError(f"--resume: {out} has already trained {trainer.epoch} epochs; "
+                               f"give --epochs above {trainer.epoch} to train more")
         _truncate_metrics(out, trainer.epoch)
     else:
         cfg.versions = {**_versions(), "threads": str(threads), "device": device.type}

@@ -35,6 +35,7 @@ BUILTINS = ("digits", "shapes", "gmm2d", "linear-gaussian")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_COLUMNS = 1_000_000  # a CSV announcing more columns than this is refused
 MAX_SAMPLES_IN_MEMORY_NPY = 1 << 31  # bytes; larger .npy files are opened memory-mapped
+MAX_GENERATED_VALUES = 1 << 27  # a built-in data set of more values (n x D) is refused (512 MB float32)
 
 
 @dataclass
@@ -163,6 +164,7 @@ def _linear_gaussian(options, spec):
     n = _opt(options, "n", int, 20_000, 2, 10_000_000, spec)
     sigma = _opt(options, "sigma", float, 0.5, 1e-3, 100.0, spec)
     data_seed = _opt(options, "seed", int, 0, 0, 2**31, spec)
+    _check_generated_size(spec, n, d)
     rng = np.random.default_rng(data_seed)
     mu = rng.standard_normal(d)
     x = mu + sigma * rng.standard_normal((n, d))
@@ -200,15 +202,24 @@ def _shapes(options, spec):
     n = _opt(options, "n", int, 10_000, 2, 2_000_000, spec)
     size = _opt(options, "size", int, 32, 8, 256, spec)
     data_seed = _opt(options, "seed", int, 0, 0, 2**31, spec)
+    _check_generated_size(spec, n, size * size)
     rng = np.random.default_rng(data_seed)
     shape = rng.integers(0, 3, n)
     scale = rng.uniform(0.12, 0.25, n)
     rotation = rng.uniform(0, np.pi / 2, n)
     px, py = rng.uniform(0.3, 0.7, n), rng.uniform(0.3, 0.7, n)
-    x = np.concatenate([render_shapes(shape[i:i + 4096], scale[i:i + 4096], rotation[i:i + 4096],
-                                      px[i:i + 4096], py[i:i + 4096], size) for i in range(0, n, 4096)])
+    c = max(1, min(4096, 2**22 // (size * size)))  # images per chunk: ~32 MB per float64 temporary
+    x = np.concatenate([render_shapes(shape[i:i + c], scale[i:i + c], rotation[i:i + c],
+                                      px[i:i + c], py[i:i + c], size) for i in range(0, n, c)])
     y = np.stack([shape, scale, rotation, px, py], 1).astype(np.float64)
     return x[:, None], y, ["shape", "scale", "rotation", "x", "y"], True, None
+
+
+def _check_generated_size(spec: str, n: int, values_per_sample: int) -> None:
+    """Refuse a built-in data set too large to hold in memory, before generating it."""
+    if n * values_per_sample > MAX_GENERATED_VALUES:
+        raise TrainerError(f"{spec}: {n} samples of {values_per_sample} values is more than the limit of "
+                           f"{MAX_GENERATED_VALUES:,} values: lower n (or d, or size)")
 
 
 _BUILTIN_LOADERS = {"digits": _digits, "shapes": _shapes, "gmm2d": _gmm2d, "linear-gaussian": _linear_gaussian}

@@ -168,6 +168,11 @@ class Trainer:
                 "active_units": test["active_units"], "kl_weight": kl_weight(cfg, self.epoch - 1, 1.0),
                 "sigma_dec": float(model.sigma_dec.detach()) if model.likelihood == "gaussian" else None,
             }
+            if not (math.isfinite(row["train_elbo"]) and math.isfinite(row["test_elbo"])):
+                # the last step left weights that give a NaN/inf ELBO: do not save them
+                raise NonFiniteLoss(
+                    f"the ELBO became non-finite at the end of epoch {self.epoch}: lower the learning rate "
+                    f"(now {cfg.train.lr:g}); the last good checkpoint is kept")
             callbacks.on_epoch(row)
         return "done"
 

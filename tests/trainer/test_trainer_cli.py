@@ -216,6 +216,19 @@ def test_existing_run_is_not_overwritten(cli, tmp_path):
     assert (out / "model.safetensors").read_bytes() == before
 
 
+def test_resume_to_fewer_epochs_than_done(cli, tmp_path):
+    out = tmp_path / "run"
+    assert cli(*fit_args("gmm2d:n=200", out, "--hidden", "8", "--epochs", "2")).status == 0
+    result = cli(*fit_args("gmm2d:n=200", out, "--hidden", "8", "--resume"))  # --epochs 1
+    assert_user_error(result, "already trained 2 epochs", "--epochs above 2")
+    assert [r["epoch"] for r in json_lines(out / "metrics.jsonl")] == [1, 2]
+    assert json.loads((out / "status.json").read_text())["state"] == "done"
+
+
+def json_lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 # -- bad run folders for eval and sample ------------------------------------------------------------
 
 @pytest.fixture(scope="module")
