@@ -1,0 +1,123 @@
+"""Section 3: small data. One digits epoch with the default config, through the same
+`trainer.fit` the command line runs (training pass, test evaluation, metrics line, status and
+checkpoint writes), and the wall time of the app's first-start training as the app starts it:
+`python -m trainer fit ...` in its own process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from trainer import RunConfig, fit
+from trainer.data import load_dataset
+
+from .common import Context, matrix_weights, median, train_flop_per_sample, use_threads
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Asked of a fresh interpreter, so that importing the app (which sets torch's threads for
+# itself) leaves this process alone: the first-start config and the command the app runs.
+_APP_FIRST_START = """
+import json, sys
+from pathlib import Path
+from explorer.services import jobs
+from explorer.views.common import default_config, train_threads
+cfg = default_config()
+print(json.dumps({"config": cfg.to_dict(), "threads": train_threads(),
+                  "command": jobs.fit_command(cfg, Path(sys.argv[1]), train_threads())}))
+"""
+
+
+def app_first_start(out: Path) -> dict | None:
+    """The app's first-start training (config, threads, command line), or None when the app
+    is not there to ask."""
+    if not (ROOT / "explorer" / "views" / "common.py").exists():
+        return None
+    p = subprocess.run([sys.executable, "-c", _APP_FIRST_START, str(out)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    if p.returncode != 0:
+        return None
+    try:
+        return json.loads(p.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+def section_3(ctx: Context) -> None:
+    s = ctx.sizes
+    use_threads(ctx.threads)
+    cfg = RunConfig(data="digits")  # the default config: mlp 512,256, 2-D latent, Gaussian, learned sigma_dec
+    cfg.train.epochs, cfg.train.threads = s.digits_epochs, ctx.threads
+    out = ctx.workdir / "digits-default"
+    stamps: list[float] = []
+    rows: list[dict] = []
+
+    def on_epoch(row):
+        stamps.append(time.perf_counter())
+        rows.append(row)
+
+    t0 = time.perf_counter()
+    fit(cfg, out, on_epoch=on_epoch)
+    fit_wall = time.perf_counter() - t0
+    use_threads(ctx.threads)  # fit sets threads itself; keep ours as asked
+    # One epoch = from one epoch's end to the next: training, test evaluation, the metrics
+    # line and any checkpoint/status writes (the first epoch also warms up: left out).
+    epoch_walls = [b - a for a, b in zip(stamps, stamps[1:])]
+    train_pass = [r["epoch_time_s"] for r in rows[1:]] or [rows[0]["epoch_time_s"]]
+    epoch_ms = median(epoch_walls) * 1e3 if epoch_walls else rows[0]["epoch_time_s"] * 1e3
+
+    data = load_dataset("digits", 0)
+    flop = train_flop_per_sample(matrix_weights(64, cfg.model.hidden, cfg.model.latent_dim))
+    epoch_flop = flop * len(data.x_train) + flop / 3 * len(data.x_test)  # training + test forward pass
+    peak = ctx.peak(ctx.threads)["flops"]
+    floor_ms = epoch_flop / peak * 1e3  # the epoch's matrix work at 100% of the peak
+    result = {"epochs": s.digits_epochs, "n_train": len(data.x_train), "n_test": len(data.x_test),
+              "epoch_wall_ms": [w * 1e3 for w in epoch_walls], "train_pass_ms": [t * 1e3 for t in train_pass],
+              "fit_wall_s": fit_wall, "epoch_matrix_flop": epoch_flop, "floor_ms_at_peak": floor_ms}
+    ctx.row("3", f"digits epoch, default config, {ctx.threads} threads", epoch_ms, "ms", floor_ms / epoch_ms,
+            "fraction of f32 matmul peak", "< 20 ms", epoch_ms < 20,
+            f"training pass alone {median(train_pass) * 1e3:.1f} ms; the epoch's {epoch_flop / 1e9:.2f} GFLOP "
+            f"take {floor_ms:.1f} ms at the peak")
+    ctx.cache["digits_run"] = out
+
+    # The app's first start: its own config and command, in a fresh process, timed to exit.
+    first = ctx.workdir / "first-start"
+    app = app_first_start(first)
+    if app is not None:
+        command = app["command"]
+        epochs = app["config"]["train"]["epochs"]
+        threads = app["threads"]
+        where = "the app's first-start command (explorer.services.jobs.fit_command)"
+    else:
+        epochs, threads = (100 if not ctx.quick else 2), ctx.threads
+        command = [sys.executable, "-m", "trainer", "fit", "--data", "digits", "--latent-dim", "2",
+                   "--epochs", str(epochs), "--threads", str(threads), "--out", str(first), "--quiet"]
+        where = "explorer/ not found: digits, 2-D latent, 100 epochs"
+    if ctx.quick:  # tiny mode: same command, few epochs
+        command = _with_epochs(command, 2)
+        epochs = 2
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    t0 = time.perf_counter()
+    p = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=1800)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"first-start training failed: {p.stderr.strip()[-300:]}")
+    result["first_start"] = {"command": command, "epochs": epochs, "threads": threads, "wall_s": wall,
+                             "source": where}
+    ctx.row("3", f"app first-start training, {epochs} epochs, {threads} threads", wall, "s", None, "",
+            note=f"wall time of a fresh `python -m trainer fit` ({where})")
+    ctx.sections["3_small"] = result
+
+
+def _with_epochs(command: list[str], epochs: int) -> list[str]:
+    command = list(command)
+    if "--epochs" in command:
+        command[command.index("--epochs") + 1] = str(epochs)
+    else:
+        command += ["--epochs", str(epochs)]
+    return command
