@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     f.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = all cores)")
     f.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    f.add_argument("--nproc", type=int, default=1,
+                   help="training processes on this machine (torch.distributed; starts torchrun for you)")
     f.add_argument("--quiet", action="store_true", help="no progress output")
 
     e = sub.add_parser("eval", help="ELBO terms and log p(x) of a trained run")
@@ -95,6 +97,14 @@ def cmd_fit(a) -> int:
                           kl_warmup=a.kl_warmup, mc_samples=a.mc_samples, seed=a.seed,
                           device=a.device, threads=a.threads))
     cfg.validate()
+    from .distributed import launch, launched_by_torchrun, strip_nproc
+
+    if not 1 <= a.nproc <= 1024:
+        raise TrainerError("--nproc must be between 1 and 1024")
+    if a.nproc > 1 and not launched_by_torchrun():  # run this command in nproc processes
+        return launch(a.nproc, strip_nproc(a.argv))
+    if _rank() != 0:
+        a.quiet = True  # rank 0 reports progress for the run
     tty = sys.stderr.isatty()
     t_start = time.monotonic()
 
@@ -110,7 +120,8 @@ def cmd_fit(a) -> int:
     state = fit(cfg, a.out, resume=a.resume, on_epoch=on_epoch, handle_signals=True)
     if tty and not a.quiet:
         print(file=sys.stderr)
-    print(f"{state}: {a.out}", file=sys.stderr)
+    if _rank() == 0:
+        print(f"{state}: {a.out}", file=sys.stderr)
     return 0 if state == "done" else 130
 
 
@@ -153,6 +164,16 @@ def cmd_sample(a) -> int:
     return 0
 
 
+def _rank() -> int:
+    """This process's torchrun rank (0 when not launched by torchrun); no torch import."""
+    import os
+
+    try:
+        return int(os.environ.get("RANK", "0") or 0)
+    except ValueError:
+        return 0
+
+
 def _check_seed(seed: int) -> None:
     if not 0 <= seed < 2**63:
         raise TrainerError("--seed must be a non-negative integer below 2**63")
@@ -161,12 +182,18 @@ def _check_seed(seed: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         a = build_parser().parse_args(argv)
+        a.argv = list(sys.argv[1:] if argv is None else argv)  # fit --nproc passes it on to torchrun
         return {"fit": cmd_fit, "eval": cmd_eval, "sample": cmd_sample}[a.command](a)
     except TrainerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        # train.NonFiniteLoss is not the user's input: the run failed while training (exit 1).
+        failed = type(e).__name__ in ("NonFiniteLoss", "PeersLost")
+        if _rank() > 0:  # under torchrun rank 0 speaks for the run; the others say it apart
+            print(f"rank {_rank()}: {e}", file=sys.stderr)
+        else:
+            print(f"error: {e}", file=sys.stderr)
+        # train.NonFiniteLoss is not the user's input: the run failed while training (exit 1),
+        # as does distributed.PeersLost (another training process stopped).
         # Matched by name so that a usage error does not have to import torch.
-        return 1 if type(e).__name__ == "NonFiniteLoss" else 2
+        return 1 if failed else 2
     except OSError as e:  # e.g. an output file in a folder that cannot be written
         where = f"{e.filename}: " if e.filename else ""
         print(f"error: {where}{e.strerror or e}: choose a folder you can write to", file=sys.stderr)

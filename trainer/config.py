@@ -39,6 +39,7 @@ class TrainConfig:
     seed: int = 0  # seeds weights, split, shuffling and eps: same seed, same numbers
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     threads: int = 0  # torch CPU threads; 0 = all cores of this machine
+    world_size: int = 1  # training processes (torch.distributed); each takes a share of every batch
 
 
 @dataclass
@@ -103,6 +104,7 @@ class RunConfig:
             (0 <= t.seed < 2**63, "seed must be a non-negative integer"),
             (t.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
             (0 <= t.threads <= 1024, "threads must be between 0 (all cores) and 1024"),
+            (1 <= t.world_size <= 65536, "the number of processes must be between 1 and 65536"),
         ]
         for ok, message in checks:
             if not ok:

@@ -5,7 +5,8 @@ A data spec is a string:
              "name:key=value,...", e.g. "linear-gaussian:d=8,sigma=0.5,n=20000".
   a file     "path/to/x.npz" (array x, optional y), ".npy", ".csv", a folder of PNG/JPEG
              images, or MNIST-format IDX files (raw or .gz); options after a last ':',
-             e.g. "photos/:size=28" resizes images to 28x28.
+             e.g. "photos/:size=28" resizes images to 28x28. A .npy larger than 2 GiB (or
+             with option mmap=1) stays on disk and is read a batch at a time (trainer.mapped).
 
 `load_dataset(spec, seed)` returns a `Dataset` with a deterministic train/test split drawn
 from the seed. Images are scaled to [0, 1]; other numeric data is kept in its own units
@@ -30,19 +31,19 @@ import torch
 
 from . import examples
 from .errors import TrainerError
+from .mapped import MappedRows, use_mmap
 
 BUILTINS = ("digits", "shapes", "gmm2d", "linear-gaussian")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_COLUMNS = 1_000_000  # a CSV announcing more columns than this is refused
-MAX_SAMPLES_IN_MEMORY_NPY = 1 << 31  # bytes; larger .npy files are opened memory-mapped
 MAX_GENERATED_VALUES = 1 << 27  # a built-in data set of more values (n x D) is refused (512 MB float32)
 
 
 @dataclass
 class Dataset:
     name: str  # the spec it was loaded from
-    x_train: torch.Tensor  # (N_train, *shape) float32
-    x_test: torch.Tensor  # (N_test, *shape) float32
+    x_train: torch.Tensor | MappedRows  # (N_train, *shape) float32; MappedRows: a large .npy read in batches
+    x_test: torch.Tensor | MappedRows  # (N_test, *shape) float32
     y_train: np.ndarray | None = None  # (N_train, F) labels or known factors, or None
     y_test: np.ndarray | None = None  # (N_test, F)
     label_names: list[str] = field(default_factory=list)  # F names, e.g. ["digit"]
@@ -120,8 +121,11 @@ def split(spec, x, y, label_names, is_image, exact, seed, test_fraction) -> Data
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
     n_test = min(n - 1, max(1, int(round(n * test_fraction))))
     test_idx, train_idx = perm[:n_test].sort().values, perm[n_test:].sort().values
-    x = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
     ys = (None, None) if y is None else (y[train_idx.numpy()], y[test_idx.numpy()])
+    if isinstance(x, MappedRows):  # larger than memory: the splits stay on disk
+        return Dataset(spec, x.subset(train_idx.numpy()), x.subset(test_idx.numpy()), ys[0], ys[1],
+                       label_names, is_image, exact)
+    x = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
     return Dataset(spec, x[train_idx], x[test_idx], ys[0], ys[1], label_names, is_image, exact)
 
 
@@ -242,7 +246,7 @@ def load_file(path: str, options: dict) -> tuple[np.ndarray, np.ndarray | None, 
     if suffix.endswith(".npz"):
         x, y = _load_npz(p)
     elif suffix.endswith(".npy"):
-        x, y = _load_npy(p), None
+        x, y = _load_npy(p, options.pop("mmap", None)), None
     elif suffix.endswith(".csv"):
         return _load_csv(p, options)
     elif "idx" in suffix or suffix.endswith("-ubyte"):
@@ -270,6 +274,11 @@ def _finish_array(p: Path, x: np.ndarray, y: np.ndarray | None):
     elif x.ndim > 4:
         raise TrainerError(f"{p}: arrays of {x.ndim} dimensions are not supported; use (N, D) or (N, C, H, W)")
     integer = np.issubdtype(x.dtype, np.integer) or x.dtype == bool
+    if isinstance(x, np.memmap):  # a large .npy (see _load_npy): checked in chunks, read in batches
+        rows = MappedRows(x, from_255=integer and is_image, name=str(p))
+        rows.check_values(integer_images=integer and is_image)
+        return rows, (None if y is None else _check_labels(p, y, len(rows))), \
+            (["label"] if y is not None else []), is_image
     xf = np.asarray(x, dtype=np.float32)
     if not np.isfinite(xf).all():
         raise TrainerError(f"{p}: the data contains NaN or infinite values")
@@ -308,9 +317,11 @@ def _load_npz(p: Path):
         raise TrainerError(f"{p}: not a readable .npz file ({type(e).__name__})") from None
 
 
-def _load_npy(p: Path) -> np.ndarray:
+def _load_npy(p: Path, mmap_option: str | None = None) -> np.ndarray:
+    """The array, memory-mapped (an np.memmap, never read whole) when mapped.use_mmap says so:
+    a file above the size threshold, or the spec option mmap=1."""
+    mmap = "r" if use_mmap(p, mmap_option) else None
     try:
-        mmap = "r" if p.stat().st_size > MAX_SAMPLES_IN_MEMORY_NPY else None
         return np.load(p, mmap_mode=mmap, allow_pickle=False)
     except ValueError as e:
         raise TrainerError(f"{p}: cannot read the .npy without unpickling ({e}); save a plain numeric array") from None

@@ -14,7 +14,8 @@ from .model import VAE, log_standard_normal
 
 
 def elbo_terms(model: VAE, x: torch.Tensor, mc_samples: int = 1,
-               generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+               generator: torch.Generator | None = None,
+               eps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z))  (Theorem 1.2, eq 1.10 / 1.32).
 
     x: (N, *shape). Returns a dict of per-sample tensors:
@@ -23,9 +24,14 @@ def elbo_terms(model: VAE, x: torch.Tensor, mc_samples: int = 1,
       kl_per_dim  (N, d) the KL split over latent dimensions (0 = an inactive unit)
       elbo        (N,)   recon - kl
     plus `mu` and `logvar` (N, d) of q(z|x) for callers that want them.
+    eps (M, N, d), optional: the standard normal noise to use instead of drawing it (several
+    processes draw one global batch's noise alike and each takes its rows: trainer.distributed).
     """
     q = model.encode(x)
-    z = model.reparameterize(q, mc_samples, generator)  # (M, N, d)
+    if eps is None:
+        z = model.reparameterize(q, mc_samples, generator)  # (M, N, d)
+    else:
+        z = q.mu + q.std * eps  # (M, N, d), as DiagonalGaussian.sample with this eps
     out = model.decode(z)  # (M, N, D)
     recon = model.log_px_given_z(x.reshape(len(x), -1), out).mean(0)  # (N,)
     kl_per_dim = q.kl_per_dim()

@@ -116,11 +116,16 @@ class VAE(nn.Module):
         """What the decoder shows: f(z) for Gaussian, sigmoid(logits) for Bernoulli; (..., D)."""
         return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
 
-    def init_from_data(self, x_train: torch.Tensor) -> None:
+    def init_from_data(self, x_train) -> None:
         """Start the decoder at the data (vae-math.md, practical points): output bias = data
-        mean (logit of it for Bernoulli), and a learned sigma_dec = `initial_sigma_dec`."""
-        x = x_train.reshape(len(x_train), -1).float()
-        mean = x.mean(0)
+        mean (logit of it for Bernoulli), and a learned sigma_dec = `initial_sigma_dec`.
+        x_train: a tensor (N, *shape), or rows on disk (trainer.mapped.MappedRows, data larger
+        than memory) whose mean and variance are summed chunk by chunk."""
+        if isinstance(x_train, torch.Tensor):
+            x = x_train.reshape(len(x_train), -1).float()
+            mean, var = x.mean(0), None
+        else:  # x: the evenly spaced rows initial_sigma_dec would take, var: (D,) over all rows
+            mean, var, x = x_train.column_stats()
         with torch.no_grad():
             bias = self.output_bias()
             if bias is not None:
@@ -130,7 +135,7 @@ class VAE(nn.Module):
                 else:
                     bias.copy_(mean.reshape(bias.shape))
             if isinstance(self.log_sigma_dec, nn.Parameter):
-                self.log_sigma_dec.fill_(math.log(initial_sigma_dec(x, self.latent_dim)))
+                self.log_sigma_dec.fill_(math.log(initial_sigma_dec(x, self.latent_dim, var=var)))
 
     def output_bias(self) -> torch.Tensor | None:
         raise NotImplementedError
@@ -142,7 +147,8 @@ class VAE(nn.Module):
         return self.mean_image(self.decode(z)).reshape(n, *self.data_shape)
 
 
-def initial_sigma_dec(x: torch.Tensor, latent_dim: int, max_rows: int = 1024) -> float:
+def initial_sigma_dec(x: torch.Tensor, latent_dim: int, max_rows: int = 1024,
+                      var: torch.Tensor | None = None) -> float:
     """Start value for a learned sigma_dec, from the training data x (N, D).
 
     A learned sigma_dec moves only about lr per Adam step, so where it starts matters. The
@@ -153,10 +159,12 @@ def initial_sigma_dec(x: torch.Tensor, latent_dim: int, max_rows: int = 1024) ->
     1999): sigma^2 = mean variance outside the top-d principal directions. A trained
     nonlinear decoder does at least as well. When d >= D that residual is 0, so the value is
     kept at least a quarter of the RMS deviation. The principal directions come from at
-    most `max_rows` evenly spaced rows; deterministic.
+    most `max_rows` evenly spaced rows; deterministic. `var` (D,): the per-value variance of
+    the whole data set when x holds only those rows (data read from disk in chunks).
     """
     n, D = x.shape
-    total_var = float(x.var(0, unbiased=False).double().sum())  # trace of the covariance
+    var = x.var(0, unbiased=False) if var is None else var
+    total_var = float(var.double().sum())  # trace of the covariance
     floor = max(0.25 * math.sqrt(total_var / D), 1e-3)
     if latent_dim >= D:
         return floor

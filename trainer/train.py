@@ -124,6 +124,11 @@ class Trainer:
         except (KeyError, ValueError, RuntimeError) as e:
             raise TrainerError(f"optim.safetensors does not match this run ({str(e)[:80]}): retrain instead of resuming") from None
 
+    def nonfinite_loss(self) -> NonFiniteLoss:
+        return NonFiniteLoss(
+            f"the loss became non-finite at epoch {self.epoch + 1}, step {self.step + 1}: "
+            f"lower the learning rate (now {self.cfg.train.lr:g}); the last good checkpoint is kept")
+
     def run(self, callbacks: Callbacks = Callbacks()) -> str:
         """Train until cfg.train.epochs are done or callbacks.should_stop(); returns
         "done" or "cancelled". Raises NonFiniteLoss if the loss stops being finite."""
@@ -145,9 +150,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if not math.isfinite(float(loss.detach())):
-                    raise NonFiniteLoss(
-                        f"the loss became non-finite at epoch {self.epoch + 1}, step {self.step + 1}: "
-                        f"lower the learning rate (now {cfg.train.lr:g}); the last good checkpoint is kept")
+                    raise self.nonfinite_loss()
                 self.optimizer.step()
                 self.step += 1
                 with torch.no_grad():
@@ -159,22 +162,28 @@ class Trainer:
             train_time = time.perf_counter() - t0
             self.epoch += 1
             test = evaluate(model, self.x_test, 1, seed=cfg.train.seed + 3)
-            s = (sums / n).tolist()
-            row = {
-                "epoch": self.epoch, "step": self.step, "epoch_time_s": train_time,
-                "samples_per_s": n / train_time if train_time > 0 else None,
-                "train_elbo": s[2], "train_recon": s[0], "train_kl": s[1], "train_objective": s[3],
-                "test_elbo": test["elbo"], "test_recon": test["recon"], "test_kl": test["kl"],
-                "active_units": test["active_units"], "kl_weight": kl_weight(cfg, self.epoch - 1, 1.0),
-                "sigma_dec": float(model.sigma_dec.detach()) if model.likelihood == "gaussian" else None,
-            }
-            if not (math.isfinite(row["train_elbo"]) and math.isfinite(row["test_elbo"])):
-                # the last step left weights that give a NaN/inf ELBO: do not save them
-                raise NonFiniteLoss(
-                    f"the ELBO became non-finite at the end of epoch {self.epoch}: lower the learning rate "
-                    f"(now {cfg.train.lr:g}); the last good checkpoint is kept")
-            callbacks.on_epoch(row)
+            callbacks.on_epoch(self.epoch_row((sums / n).tolist(), n, train_time, test))
         return "done"
+
+    def epoch_row(self, s: list[float], n: int, train_time: float, test: dict) -> dict:
+        """The metrics row of the epoch just finished (also used by trainer.distributed).
+        s: per-sample means of the training recon, kl, elbo and objective; n: training
+        samples; test: evaluate()'s result. Raises NonFiniteLoss if the ELBO is not finite."""
+        cfg, model = self.cfg, self.model
+        row = {
+            "epoch": self.epoch, "step": self.step, "epoch_time_s": train_time,
+            "samples_per_s": n / train_time if train_time > 0 else None,
+            "train_elbo": s[2], "train_recon": s[0], "train_kl": s[1], "train_objective": s[3],
+            "test_elbo": test["elbo"], "test_recon": test["recon"], "test_kl": test["kl"],
+            "active_units": test["active_units"], "kl_weight": kl_weight(cfg, self.epoch - 1, 1.0),
+            "sigma_dec": float(model.sigma_dec.detach()) if model.likelihood == "gaussian" else None,
+        }
+        if not (math.isfinite(row["train_elbo"]) and math.isfinite(row["test_elbo"])):
+            # the last step left weights that give a NaN/inf ELBO: do not save them
+            raise NonFiniteLoss(
+                f"the ELBO became non-finite at the end of epoch {self.epoch}: lower the learning rate "
+                f"(now {cfg.train.lr:g}); the last good checkpoint is kept")
+        return row
 
 
 def _adam(params, lr: float, device: torch.device) -> torch.optim.Optimizer:
