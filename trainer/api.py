@@ -59,9 +59,35 @@ def fit(cfg: RunConfig, out_dir: str | Path, resume: bool = False,
         on_step: Callable[[int, int, int, int], None] | None = None,
         stop: threading.Event | None = None, handle_signals: bool = False) -> str:
     """Train `cfg` into the run folder `out_dir`; returns the final state ("done" or
-    "cancelled"). A user error raises TrainerError after marking the run failed."""
+    "cancelled"). A user error raises TrainerError after marking the run failed.
+    One process at a time trains into a folder (runs.RunLock): a second gets TrainerError."""
     out = runs.check_run_dir_name(out_dir)
     cfg.validate()
+    with runs.RunLock(out, create=not resume):
+        try:
+            return _fit_locked(cfg, out, resume, on_epoch, on_step, stop, handle_signals)
+        except OSError as e:  # disk full or read-only folder: the files already saved are intact
+            message = f"cannot write to the run folder {out} ({e.strerror or e}): the last saved checkpoint is kept"
+            _mark_failed_if_ours(out, message)
+            raise TrainerError(message) from None
+        except TrainerError:
+            raise
+        except BaseException as e:  # a bug or an interrupt: say so in status.json, then propagate
+            _mark_failed_if_ours(out, f"training stopped by an unexpected {type(e).__name__}")
+            raise
+
+
+def _mark_failed_if_ours(out: Path, message: str) -> None:
+    """Mark the run failed if this process is the one the status names (best effort)."""
+    status = runs.read_status_raw(out) or {}
+    if status.get("state") in ("queued", "running") and status.get("pid") == os.getpid():
+        try:
+            runs.write_status(out, "failed", message=message)
+        except OSError:
+            pass
+
+
+def _fit_locked(cfg: RunConfig, out: Path, resume: bool, on_epoch, on_step, stop, handle_signals) -> str:
     if resume:
         saved = runs.load_config(out)
         for section in ("model", "data"):
@@ -100,10 +126,8 @@ def fit(cfg: RunConfig, out_dir: str | Path, resume: bool = False,
     if resume:
         model = runs.load_model(out, cfg)
         trainer.model.load_state_dict(model.state_dict())
-        trainer.load_state_tensors(runs.load_safetensors(out / "optim.safetensors", "optim.safetensors"))
-        ts = runs.read_json(out / "train_state.json", "train_state.json")
-        if not isinstance(ts, dict) or not isinstance(ts.get("epoch"), int) or not isinstance(ts.get("step"), int):
-            raise TrainerError(f"{out}/train_state.json is damaged: retrain instead of resuming")
+        trainer.load_state_tensors(runs.load_optim_state(out, trainer.model))
+        ts = runs.read_train_state(out)  # weights, optimizer state and epoch from one save
         trainer.epoch, trainer.step = ts["epoch"], ts["step"]
         if trainer.epoch > cfg.train.epochs:
             raise TrainerError(f"--resume: {out} has already trained {trainer.epoch} epochs; "
@@ -128,9 +152,10 @@ def fit(cfg: RunConfig, out_dir: str | Path, resume: bool = False,
 
     def epoch_cb(row):
         row = {**row, "wall_time": time.time()}
+        # The row first: if the save then fails, --resume drops rows past the saved epoch.
+        runs.append_jsonl(out / "metrics.jsonl", row)
         runs.save_checkpoint(out, trainer.model, trainer.state_tensors(),
                              {"epoch": trainer.epoch, "step": trainer.step})
-        runs.append_jsonl(out / "metrics.jsonl", row)
         runs.write_status(out, "running", epoch=trainer.epoch, epochs=epochs)
         if on_epoch:
             on_epoch(row)
