@@ -25,25 +25,34 @@ VIEWS = Path(__file__).parent / "views"
 PAGES = {  # URL path -> page; "view" in the URL names one of these keys
     "runs": dict(page="runs.py", title="Runs", icon=":material/folder_open:"),
     "train": dict(page="train.py", title="Train", icon=":material/model_training:"),
-    "latent-map": dict(page="latent_map.py", title="Latent map", icon=":material/scatter_plot:", default=True),
+    "latent-map": dict(page="latent_map.py", title="Latent map", icon=":material/scatter_plot:"),
     "interpolate": dict(page="interpolate.py", title="Interpolate", icon=":material/linear_scale:"),
     "elbo": dict(page="elbo.py", title="ELBO breakdown", icon=":material/stacked_bar_chart:"),
     "generate": dict(page="generate.py", title="Generate", icon=":material/auto_awesome:"),
 }
 
 
+START_VIEW = "latent-map"
+
+
 def main() -> None:
     st.set_page_config(page_title="VAE Latent Explorer", page_icon=":material/blur_on:", layout="wide")
     state.load_from_url()
-    pages = {key: st.Page(VIEWS / p["page"], title=p["title"], icon=p["icon"], url_path=key,
-                          default=p.get("default", False)) for key, p in PAGES.items()}
-    page = st.navigation(list(pages.values()))
-    view = next((key for key, p in pages.items() if p is page), "latent-map")
+    pages = {key: st.Page(VIEWS / p["page"], title=p["title"], icon=p["icon"], url_path=key)
+             for key, p in PAGES.items()}
+    # The root URL is a hidden page that opens the start view, so that every view has its
+    # own path (/latent-map, /interpolate, ...) for links.
+    home = st.Page(lambda: st.switch_page(pages[START_VIEW]), title="Home", url_path="home",
+                   default=True, visibility="hidden")
+    page = st.navigation([home, *pages.values()])
+    view = next((key for key, p in pages.items() if p is page), None)
     wanted = state.get("view")
     if not st.session_state.get("_view_applied"):  # a link's ?view= opens that view once
         st.session_state["_view_applied"] = True
         if wanted in pages and wanted != view:
             st.switch_page(pages[wanted])
+    if view is None:  # the root URL
+        st.switch_page(pages[START_VIEW])
     state.set("view", view)
 
     common.first_start()

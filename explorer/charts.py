@@ -230,11 +230,16 @@ def kl_per_dim_bars(kl_per_dim: np.ndarray, active: np.ndarray) -> go.Figure:
     return _layout(fig, f"KL per latent dimension: {int(active.sum())} of {len(active)} active", height=320)
 
 
-def path_profile(t: np.ndarray, curves: dict[str, dict[str, np.ndarray]], current_t: float | None = None) -> go.Figure:
+def path_profile(t: np.ndarray, curves: dict[str, dict[str, np.ndarray]], current_t: float | None = None,
+                 typical: tuple[float, float] | None = None) -> go.Figure:
     """Along an interpolation path: log p(z) of the prior (top) and the ELBO of the decoded
-    sample (bottom). curves[method] = {"log_prior": (T,), "decoded_elbo": (T,)}."""
+    sample (bottom). curves[method] = {"log_prior": (T,), "decoded_elbo": (T,)}; typical:
+    the (low, high) range of log p(z) of typical prior samples, shaded."""
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12,
                         subplot_titles=["prior log-density log p(z), nats", "ELBO of the decoded sample, " + NATS])
+    if typical is not None:
+        fig.add_hrect(y0=typical[0], y1=typical[1], fillcolor=TERM_COLORS["prior"], opacity=0.12, line_width=0,
+                      row=1, col=1)
     for method, c in curves.items():
         dash = LERP_SLERP_DASH.get(method, "solid")
         fig.add_trace(go.Scatter(x=t, y=c["log_prior"], mode="lines", name=f"{method}: log p(z)",

@@ -137,7 +137,8 @@ def project(mu: np.ndarray, method: str = "PCA", seed: int = 0) -> Projection:
         from sklearn.manifold import TSNE
 
         perplexity = float(min(30.0, max(2.0, (len(mu) - 1) / 3)))
-        xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(mu)
+        xy = TSNE(n_components=2, perplexity=perplexity, init="pca", max_iter=500,
+                  random_state=seed).fit_transform(mu)
         return Projection("t-SNE", xy, ("t-SNE 1", "t-SNE 2"), mu)
     if method == "UMAP":
         import umap  # optional dependency
@@ -179,6 +180,14 @@ def slerp(a: np.ndarray, b: np.ndarray, t) -> np.ndarray:
 INTERPOLATIONS = {"lerp": lerp, "slerp": slerp}
 
 
+def typical_log_density(d: int, k: float = 2.0) -> tuple[float, float]:
+    """Where log N(z; 0, I) of a prior sample lies: ||z||^2 ~ chi^2_d (mean d, variance 2d),
+    so log p(z) = -||z||^2 / 2 - (d/2) log 2 pi has mean -(d/2)(1 + log 2 pi) and sd sqrt(d/2).
+    Returns mean -/+ k sd."""
+    mean, sd = -0.5 * d * (1 + LOG_2PI), math.sqrt(d / 2)
+    return mean - k * sd, mean + k * sd
+
+
 def prior_log_density(z: np.ndarray) -> np.ndarray:
     """log N(z; 0, I) per code, nats: (..., d) -> (...)."""
     z = np.asarray(z, dtype=np.float64)
@@ -193,14 +202,14 @@ class PathFrames:
     z: np.ndarray  # (T, d)
     images: np.ndarray  # (T, *shape) decoded means of p(x|z)
     log_prior: np.ndarray  # (T,) log N(z; 0, I), nats
-    decoded_elbo: np.ndarray  # (T,) ELBO of the decoded sample under the model, nats per sample
+    decoded_elbo: np.ndarray  # (T,) ELBO of the decoded sample under the model (M = 16), nats per sample
 
 
 def path_frames(run: Run, a: np.ndarray, b: np.ndarray, method: str = "lerp", steps: int = T_STEPS) -> PathFrames:
     t = np.linspace(0.0, 1.0, steps)
     z = INTERPOLATIONS[method](a, b, t)
     images = run.decode(z)
-    terms = run.elbo_terms(images, mc_samples=1, seed=0)
+    terms = run.elbo_terms(images, mc_samples=16, seed=0)
     return PathFrames(t, z, images.numpy(), prior_log_density(z), terms["elbo"].numpy())
 
 

@@ -68,9 +68,12 @@ class JobState:
 # -- the command line ------------------------------------------------------------------------
 
 def fit_command(cfg: RunConfig, out: Path, threads: int) -> list[str]:
-    """The `python -m trainer fit` argument list that trains `cfg` into `out`."""
+    """The `python -m trainer fit` argument list that trains `cfg` into `out`; with
+    cfg.train.world_size > 1 it starts that many processes (torchrun), sharing the threads."""
     m, t = cfg.model, cfg.train
-    return [sys.executable, "-m", "trainer", "fit",
+    nproc = ["--nproc", str(t.world_size)] if t.world_size > 1 else []
+    threads = max(1, threads // t.world_size)
+    return [sys.executable, "-m", "trainer", "fit", *nproc,
             "--data", cfg.data, "--out", str(out),
             "--arch", m.arch, "--hidden", ",".join(str(h) for h in m.hidden),
             "--latent-dim", str(m.latent_dim), "--likelihood", m.likelihood,

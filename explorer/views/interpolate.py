@@ -141,10 +141,13 @@ def main() -> None:
     curves = {method: {"log_prior": frames.log_prior, "decoded_elbo": frames.decoded_elbo},
               ("slerp" if method == "lerp" else "lerp"): {"log_prior": other.log_prior,
                                                           "decoded_elbo": other.decoded_elbo}}
-    st.plotly_chart(charts.path_profile(frames.t, curves, current_t=float(frames.t[k])), key="path_profile")
-    st.caption("Top: log N(z(t); 0, I), the prior's log-density along each path (nats). A straight line between "
-               "two typical codes dips towards the origin, where |z| is smaller than the prior's samples "
-               "ever are in high dimension; slerp keeps |z| in the typical range. Bottom: the ELBO the model "
+    st.plotly_chart(charts.path_profile(frames.t, curves, current_t=float(frames.t[k]),
+                                        typical=explore.typical_log_density(enc.latent_dim)), key="path_profile")
+    st.caption("Top: log N(z(t); 0, I), the prior's log-density along each path (nats); shaded: where the "
+               f"log-density of most prior samples lies (mean +- 2 sd) for d = {enc.latent_dim}. A straight line between "
+               "two typical codes cuts towards the origin, where the density is higher than any typical "
+               "sample's in high dimension (|z| much smaller than sqrt(d)); slerp keeps |z| in the typical "
+               "range. Bottom: the ELBO the model "
                "assigns to its own decoded image, nats per sample, higher is better. Solid: lerp, "
                "dotted: slerp. Gold line: the current t.")
 

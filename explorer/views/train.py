@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import streamlit as st
 
 from explorer import state
@@ -59,7 +61,7 @@ def config_from_form(v: dict) -> RunConfig:
                           sigma_dec="learned" if v["sigma_mode"] == "learned" else float(v["sigma_value"])),
         train=TrainConfig(epochs=int(v["epochs"]), batch_size=int(v["batch_size"]), lr=float(v["lr"]),
                           beta=float(v["beta"]), kl_warmup=int(v["kl_warmup"]), mc_samples=int(v["mc_samples"]),
-                          seed=int(v["seed"])))
+                          seed=int(v["seed"]), world_size=int(v.get("processes", 1))))
     cfg.validate()
     return cfg
 
@@ -157,8 +159,12 @@ def main() -> None:
         lr = c4.number_input("Learning rate", 0.00001, 1.0, 0.001, step=0.0005, format="%.5f", key="train_lr")
         seed = c5.number_input("Seed", 0, 2**31 - 1, 0, key="train_seed",
                                help="Same seed, same data, same settings: the same numbers.")
-        name = st.text_input("Run name", key="train_name", placeholder="automatic, e.g. digits-2d-2",
+        c1, c2 = st.columns([4, 1])
+        name = c1.text_input("Run name", key="train_name", placeholder="automatic, e.g. digits-2d-2",
                              help="The run folder's name: letters, digits, '-', '_' and '.'.")
+        processes = c2.number_input("Processes", 1, max(1, os.cpu_count() or 1), 1, key="train_processes",
+                                    help="Training processes on this machine (torch.distributed): each takes "
+                                         "a share of every batch; the same seed gives the same numbers.")
         submitted = st.form_submit_button("Train", type="primary", icon=":material/play_arrow:", key="train_submit")
     if submitted:
         try:
@@ -166,7 +172,7 @@ def main() -> None:
                                         latent_dim=latent_dim, likelihood=likelihood, sigma_mode=sigma_mode,
                                         sigma_value=sigma_value, beta=beta, kl_warmup=kl_warmup,
                                         mc_samples=mc_samples, epochs=epochs, batch_size=batch_size, lr=lr,
-                                        seed=seed))
+                                        seed=seed, processes=processes))
         except TrainerError as e:
             st.error(f"Check the settings: {e}")
         else:

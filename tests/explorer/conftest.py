@@ -50,3 +50,19 @@ def make_app(app_env):
         return at
 
     return make
+
+
+@pytest.fixture(scope="session")
+def variety_runs(tmp_path_factory) -> Path:
+    """A runs folder with runs that take the views' other paths: a 4-D latent (projections),
+    2-D points that are not images (gmm2d), and 8-D vectors without labels (linear-gaussian)."""
+    from trainer import RunConfig, fit
+
+    root = tmp_path_factory.mktemp("variety")
+    for name, data, d in (("digits-4d", "digits", 4), ("gmm-2d", "gmm2d:n=400", 2),
+                          ("lingauss-3d", "linear-gaussian:n=400", 3)):
+        cfg = RunConfig(data=data)
+        cfg.model.latent_dim, cfg.model.hidden = d, [64]
+        cfg.train.epochs, cfg.train.threads = 2, 1
+        fit(cfg, root / name)
+    return root

@@ -256,3 +256,46 @@ def test_bad_settings_are_a_one_line_error(make_app, tmp_path):
     assert len(at.error) == 1 and "hidden sizes" in at.error[0].value
     assert not (tmp_path / "runs").exists() or not any(p.is_dir() and p.name != "uploads"
                                                        for p in (tmp_path / "runs").iterdir())
+
+
+@pytest.mark.parametrize("run", ["digits-4d", "gmm-2d", "lingauss-3d"])
+@pytest.mark.parametrize("view", ["latent-map", "interpolate", "elbo", "generate"])
+def test_views_render_other_kinds_of_runs(make_app, variety_runs, run, view):
+    at = make_app(variety_runs, view=view, run=run).run()
+    assert_clean(at)
+    assert at.query_params["run"] == run
+
+
+def test_a_4d_latent_is_projected_and_the_path_follows_the_projection(make_app, variety_runs):
+    at = make_app(variety_runs, view="latent-map", run="digits-4d").run()
+    assert at.radio(key="projection").value == "PCA"
+    spec = plotly_specs(at)[0]
+    assert spec["layout"]["xaxis"]["title"]["text"].startswith("PC 1")
+    at.radio(key="projection").set_value("t-SNE").run(timeout=120)
+    assert_clean(at)
+    assert plotly_specs(at)[0]["layout"]["xaxis"]["title"]["text"] == "t-SNE 1"
+    at.switch_page("views/interpolate.py").run(timeout=120)
+    assert_clean(at)
+    names = [tr["name"] for tr in plotly_specs(at)[0]["data"]]
+    assert "path (lerp)" in names and "z(t)" in names
+    assert any("t-SNE" in c.value for c in at.caption)
+
+
+@pytest.mark.slow
+def test_retrain_starts_a_new_run_with_the_same_settings(make_app, scratch_runs):
+    at = make_app(scratch_runs, view="train", run="digits-2d").run()
+    at.button(key="retrain").click().run(timeout=30)
+    new = scratch_runs / "digits-2d-retrain"
+    try:
+        assert_clean(at)
+        job = jobs.read_job(new)
+        old = json.loads((scratch_runs / "digits-2d" / "config.json").read_text())
+        assert job["config"]["model"] == old["model"] and job["config"]["train"]["seed"] == old["train"]["seed"]
+        assert at.query_params["run"] == "digits-2d-retrain"
+        at.radio(key="retrain_seed").set_value("new seed")
+        at.button(key="retrain").click().run(timeout=30)  # the active run is now the retrain
+        newer = [p for p in scratch_runs.iterdir() if "seed" in p.name]
+        assert len(newer) == 1 and jobs.read_job(newer[0])["config"]["train"]["seed"] == old["train"]["seed"] + 1
+    finally:
+        for p in scratch_runs.iterdir():
+            jobs.cancel(p)
