@@ -33,6 +33,8 @@ import atexit
 import json
 import math
 import os
+import signal
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,11 +46,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .config import RunConfig
-from .data import Dataset
+from .data import Dataset, load_dataset
 from .elbo import elbo_terms
 from .errors import TrainerError
 from .model import VAE
-from .train import Callbacks, Trainer, kl_weight
+from .train import Callbacks, Trainer, kl_weight, pick_device, set_threads
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # elbo.active_units' rule: Cov_x(E_q[z_j]) above this
 
@@ -320,12 +322,6 @@ def evaluate_shared(model: VAE, x, d: Dist, mc_samples: int = 1, seed: int = 0,
 def follow(cfg: RunConfig, d: Dist, stop=None, handle_signals: bool = False) -> str:
     """What a rank other than 0 does in api.fit: take rank 0's settings, load the data,
     train its shares, write nothing. Returns "done" or "cancelled" as rank 0 does."""
-    import signal
-    import threading
-
-    from .data import load_dataset
-    from .train import pick_device, set_threads
-
     settings = broadcast_json(None, d)  # rank 0's settings (the saved ones on --resume), or why it stopped
     if "abort" in settings:
         raise TrainerError(f"stopped with rank 0: {settings['abort']}")
@@ -375,13 +371,16 @@ def stop_followers_on_error():
 def launch(nproc: int, argv: list[str]) -> int:
     """Run `python -m trainer ARGV` (a fit) in `nproc` processes on this machine through
     torchrun (torch.distributed.run, standalone rendezvous on a free local port). Returns
-    the exit status: 0, or that of the first process that failed (130 when cancelled)."""
+    the exit status: 0, or rank 0's (else the first failed process's) status; 130 when cancelled."""
     import logging
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # the workers speak for themselves
+    for name in list(logging.root.manager.loggerDict):  # the workers speak for themselves
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default, without its banner
     if not any(a == "--threads" or a.startswith("--threads=") for a in argv):
         # "all cores" in each of nproc processes would oversubscribe the CPU: share them out
@@ -395,6 +394,8 @@ def launch(nproc: int, argv: list[str]) -> int:
         rank = 0 if 0 in e.failures else e.get_first_failure()[0]
         code = e.failures[rank].exitcode
         return code if code > 0 else 1  # < 0: killed by a signal
+    except SignalException:  # Ctrl-C or SIGTERM to this launcher: torchrun passed it on to the ranks,
+        return 130  # which stopped after the same step (rank 0 marked the run cancelled)
     return 0
 
 
