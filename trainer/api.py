@@ -23,13 +23,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import runs
+from . import distributed, runs
 from .config import RunConfig
 from .data import Dataset, check_likelihood, load_dataset
 from .elbo import elbo_terms, log_px
 from .errors import TrainerError
 from .model import VAE, DiagonalGaussian
-from .train import Callbacks, NonFiniteLoss, Trainer, pick_device, set_threads
+from .train import Callbacks, NonFiniteLoss, pick_device, set_threads
 
 
 def _versions() -> dict[str, str]:
@@ -63,7 +63,10 @@ def fit(cfg: RunConfig, out_dir: str | Path, resume: bool = False,
     One process at a time trains into a folder (runs.RunLock): a second gets TrainerError."""
     out = runs.check_run_dir_name(out_dir)
     cfg.validate()
-    with runs.RunLock(out, create=not resume):
+    d = distributed.init_from_env(cfg.train.device)  # launched by torchrun: None in a single process
+    if d is not None and not d.is_writer:  # ranks other than 0 train their shares and write nothing
+        return distributed.follow(cfg, d, stop, handle_signals)
+    with distributed.stop_followers_on_error(), runs.RunLock(out, create=not resume):
         try:
             return _fit_locked(cfg, out, resume, on_epoch, on_step, stop, handle_signals)
         except OSError as e:  # disk full or read-only folder: the files already saved are intact
@@ -117,7 +120,7 @@ def _fit_locked(cfg: RunConfig, out: Path, resume: bool, on_epoch, on_step, stop
         data = load_dataset(cfg.data, cfg.train.seed)
         check_likelihood(data, cfg.model.likelihood)
         cfg.data_shape = list(data.shape)
-        trainer = Trainer(cfg, data, device)
+        trainer = distributed.make_trainer(cfg, data, device)  # a DistributedTrainer under torchrun
     except TrainerError as e:
         if (out / "status.json").exists() or not resume:
             runs.write_status(out, "failed", message=str(e), pid=os.getpid())
@@ -162,7 +165,7 @@ def _fit_locked(cfg: RunConfig, out: Path, resume: bool, on_epoch, on_step, stop
 
     try:
         state = trainer.run(Callbacks(on_step=step_cb, on_epoch=epoch_cb, should_stop=stop_flag.event.is_set))
-    except NonFiniteLoss as e:
+    except (NonFiniteLoss, distributed.PeersLost) as e:
         runs.write_status(out, "failed", message=str(e))
         raise
     except OSError as e:  # disk full, read-only folder: the previous files are intact
