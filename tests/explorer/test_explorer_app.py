@@ -3,36 +3,14 @@ are one-line messages, and training starts in the background and can be cancelle
 
 from __future__ import annotations
 
-import json
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from explorer.services import jobs
+from explorer_helpers import array, assert_clean, plotly_specs
 
 VIEWS = {"runs": "Runs", "train": "Train", "latent-map": "Latent map", "interpolate": "Interpolate",
          "elbo": "ELBO breakdown", "generate": "Generate"}
-
-
-def plotly_specs(at) -> list[dict]:
-    return [json.loads(e.proto.spec) for e in at.get("plotly_chart")]
-
-
-def array(v) -> np.ndarray:
-    """A plotly JSON array: a list, or a typed array {"dtype", "bdata" (base64)[, "shape"]}."""
-    if isinstance(v, dict) and "bdata" in v:
-        import base64
-
-        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
-        return a.reshape([int(n) for n in str(v["shape"]).split(",")]) if "shape" in v else a
-    return np.asarray(v)
-
-
-def assert_clean(at) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not [e.value for e in at.error], [e.value for e in at.error]
 
 
 @pytest.mark.parametrize("view", list(VIEWS))
@@ -180,74 +158,6 @@ def test_a_bad_upload_is_refused_and_a_good_one_is_saved(make_app, tmp_path):
     assert at.selectbox(key="train_data").value == str(saved)
 
 
-def _wait_for(predicate, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
-
-
-@pytest.mark.slow
-def test_first_start_trains_in_the_background_and_cancel_stops_it(make_app, app_env, tmp_path):
-    root = tmp_path / "runs"
-    app_env.setenv("VAE_AUTOSTART", "1")
-    app_env.setenv("VAE_DEFAULT_EPOCHS", "500")  # far longer than the test: it must not wait for it
-    at = make_app(root)
-    t0 = time.monotonic()
-    at.run(timeout=30)
-    assert time.monotonic() - t0 < 30
-    run_dir = root / "digits-2d"
-    try:
-        assert_clean(at)
-        assert any("First start" in i.value for i in at.info)
-        assert at.get("progress"), "a progress bar while the job runs"
-        pid = jobs.read_job(run_dir)["pid"]
-        assert jobs.pid_alive(pid)
-        assert jobs.job_state(run_dir).state in ("queued", "running")
-        # a second session (another tab) does not start a second job
-        other = make_app(root).run()
-        assert not other.exception
-        assert jobs.read_job(run_dir)["pid"] == pid
-        assert [p.name for p in root.iterdir() if p.is_dir()] == ["digits-2d"]
-
-        at.button(key="cancel_training").click().run(timeout=60)
-        assert not jobs.pid_alive(pid)
-        assert jobs.job_state(run_dir).state == "cancelled"
-        assert json.loads((run_dir / "status.json").read_text())["state"] == "cancelled"
-    finally:
-        jobs.cancel(run_dir)
-
-
-@pytest.mark.slow
-def test_train_form_starts_one_job_and_a_second_click_does_not_duplicate(make_app, tmp_path):
-    root = tmp_path / "runs"
-    at = make_app(root, view="train").run()
-    at.selectbox(key="train_data").set_value("gmm2d")
-    at.text_input(key="train_data_options").input("n=400")
-    at.number_input(key="train_epochs").set_value(400)
-    at.text_input(key="train_name").input("mixture")
-    at.button(key="train_submit").click().run(timeout=30)
-    run_dir = root / "mixture"
-    try:
-        assert_clean(at)
-        job = jobs.read_job(run_dir)
-        assert job["config"]["data"] == "gmm2d:n=400" and job["config"]["train"]["epochs"] == 400
-        assert at.query_params["run"] == "mixture"
-        # the same settings again (a double click, or another tab): refused, no second folder
-        at.text_input(key="train_name").input("")
-        at.button(key="train_submit").click().run(timeout=30)
-        assert any("already training" in i.value for i in at.info)
-        assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["mixture"]
-        # cancel from the page
-        at.button(key="cancel_training").click().run(timeout=60)
-        assert jobs.job_state(run_dir).state == "cancelled"
-        assert not jobs.pid_alive(job["pid"])
-    finally:
-        jobs.cancel(run_dir)
-
-
 def test_bad_settings_are_a_one_line_error(make_app, tmp_path):
     at = make_app(tmp_path / "runs", view="train").run()
     at.text_input(key="train_hidden").input("512,abc")
@@ -256,46 +166,3 @@ def test_bad_settings_are_a_one_line_error(make_app, tmp_path):
     assert len(at.error) == 1 and "hidden sizes" in at.error[0].value
     assert not (tmp_path / "runs").exists() or not any(p.is_dir() and p.name != "uploads"
                                                        for p in (tmp_path / "runs").iterdir())
-
-
-@pytest.mark.parametrize("run", ["digits-4d", "gmm-2d", "lingauss-3d"])
-@pytest.mark.parametrize("view", ["latent-map", "interpolate", "elbo", "generate"])
-def test_views_render_other_kinds_of_runs(make_app, variety_runs, run, view):
-    at = make_app(variety_runs, view=view, run=run).run()
-    assert_clean(at)
-    assert at.query_params["run"] == run
-
-
-def test_a_4d_latent_is_projected_and_the_path_follows_the_projection(make_app, variety_runs):
-    at = make_app(variety_runs, view="latent-map", run="digits-4d").run()
-    assert at.radio(key="projection").value == "PCA"
-    spec = plotly_specs(at)[0]
-    assert spec["layout"]["xaxis"]["title"]["text"].startswith("PC 1")
-    at.radio(key="projection").set_value("t-SNE").run(timeout=120)
-    assert_clean(at)
-    assert plotly_specs(at)[0]["layout"]["xaxis"]["title"]["text"] == "t-SNE 1"
-    at.switch_page("views/interpolate.py").run(timeout=120)
-    assert_clean(at)
-    names = [tr["name"] for tr in plotly_specs(at)[0]["data"]]
-    assert "path (lerp)" in names and "z(t)" in names
-    assert any("t-SNE" in c.value for c in at.caption)
-
-
-@pytest.mark.slow
-def test_retrain_starts_a_new_run_with_the_same_settings(make_app, scratch_runs):
-    at = make_app(scratch_runs, view="train", run="digits-2d").run()
-    at.button(key="retrain").click().run(timeout=30)
-    new = scratch_runs / "digits-2d-retrain"
-    try:
-        assert_clean(at)
-        job = jobs.read_job(new)
-        old = json.loads((scratch_runs / "digits-2d" / "config.json").read_text())
-        assert job["config"]["model"] == old["model"] and job["config"]["train"]["seed"] == old["train"]["seed"]
-        assert at.query_params["run"] == "digits-2d-retrain"
-        at.radio(key="retrain_seed").set_value("new seed")
-        at.button(key="retrain").click().run(timeout=30)  # the active run is now the retrain
-        newer = [p for p in scratch_runs.iterdir() if "seed" in p.name]
-        assert len(newer) == 1 and jobs.read_job(newer[0])["config"]["train"]["seed"] == old["train"]["seed"] + 1
-    finally:
-        for p in scratch_runs.iterdir():
-            jobs.cancel(p)

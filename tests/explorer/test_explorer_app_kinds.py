@@ -1,0 +1,31 @@
+"""The exploring views on other kinds of runs: a 4-D latent (projections), 2-D points that
+are not images, and 8-D vectors without labels."""
+
+from __future__ import annotations
+
+import pytest
+
+from explorer_helpers import assert_clean, plotly_specs
+
+
+@pytest.mark.parametrize("run", ["digits-4d", "gmm-2d", "lingauss-3d"])
+@pytest.mark.parametrize("view", ["latent-map", "interpolate", "elbo", "generate"])
+def test_views_render_other_kinds_of_runs(make_app, variety_runs, run, view):
+    at = make_app(variety_runs, view=view, run=run).run()
+    assert_clean(at)
+    assert at.query_params["run"] == run
+
+
+def test_a_4d_latent_is_projected_and_the_path_follows_the_projection(make_app, variety_runs):
+    at = make_app(variety_runs, view="latent-map", run="digits-4d").run()
+    assert at.radio(key="projection").value == "PCA"
+    spec = plotly_specs(at)[0]
+    assert spec["layout"]["xaxis"]["title"]["text"].startswith("PC 1")
+    at.radio(key="projection").set_value("t-SNE").run(timeout=120)
+    assert_clean(at)
+    assert plotly_specs(at)[0]["layout"]["xaxis"]["title"]["text"] == "t-SNE 1"
+    at.switch_page("views/interpolate.py").run(timeout=120)
+    assert_clean(at)
+    names = [tr["name"] for tr in plotly_specs(at)[0]["data"]]
+    assert "path (lerp)" in names and "z(t)" in names
+    assert any("t-SNE" in c.value for c in at.caption)
