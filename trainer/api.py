@@ -44,6 +44,9 @@ def _versions() -> dict[str, str]:
     return out
 
 
+SYNC_EVERY_S = 2.0  # checkpoints are fsynced at most this often (and at the last epoch and on a stop)
+
+
 class _StopFlag:
     """Set by SIGTERM/SIGINT (or by a caller) to stop after the current step."""
 
@@ -153,12 +156,20 @@ def _fit_locked(cfg: RunConfig, out: Path, resume: bool, on_epoch, on_step, stop
         if on_step:
             on_step(step, epoch, i, n)
 
+    last_sync = [time.monotonic()]
+
     def epoch_cb(row):
         row = {**row, "wall_time": time.time()}
         # The row first: if the save then fails, --resume drops rows past the saved epoch.
         runs.append_jsonl(out / "metrics.jsonl", row)
+        # Every epoch is saved atomically (a killed process leaves the last epoch's checkpoint)
+        # but fsynced at most every SYNC_EVERY_S and at the last epoch: fsyncing a few MB costs
+        # as much as a whole digits epoch. A power cut can lose those seconds of training.
+        durable = trainer.epoch >= epochs or time.monotonic() - last_sync[0] >= SYNC_EVERY_S
         runs.save_checkpoint(out, trainer.model, trainer.state_tensors(),
-                             {"epoch": trainer.epoch, "step": trainer.step})
+                             {"epoch": trainer.epoch, "step": trainer.step}, durable=durable)
+        if durable:
+            last_sync[0] = time.monotonic()
         runs.write_status(out, "running", epoch=trainer.epoch, epochs=epochs)
         if on_epoch:
             on_epoch(row)
@@ -166,6 +177,10 @@ def _fit_locked(cfg: RunConfig, out: Path, resume: bool, on_epoch, on_step, stop
     try:
         state = trainer.run(Callbacks(on_step=step_cb, on_epoch=epoch_cb, should_stop=stop_flag.event.is_set))
     except (NonFiniteLoss, distributed.PeersLost) as e:
+        try:
+            runs.sync_checkpoint(out)  # the last good checkpoint, made durable
+        except OSError:
+            pass  # the error to report is the loss, not the disk
         runs.write_status(out, "failed", message=str(e))
         raise
     except OSError as e:  # disk full, read-only folder: the previous files are intact
@@ -175,6 +190,8 @@ def _fit_locked(cfg: RunConfig, out: Path, resume: bool, on_epoch, on_step, stop
         except OSError:
             pass
         raise TrainerError(runs_msg) from None
+    if state != "done":
+        runs.sync_checkpoint(out)
     message = "" if state == "done" else f"cancelled after epoch {trainer.epoch}; the checkpoint of that epoch is kept"
     runs.write_status(out, state, epoch=trainer.epoch, epochs=epochs, message=message)
     return state

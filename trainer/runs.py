@@ -44,10 +44,14 @@ MAX_JSON_BYTES = 10 * 2**20  # config.json, train_state.json, status.json are ti
 
 # -- atomic writes -------------------------------------------------------------------------
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
     """Write `data` to `path` atomically: temp file in the same folder, fsync, rename.
     On any failure (disk full, read-only folder) the temp file is removed and the old file
-    at `path` is untouched; the OSError propagates."""
+    at `path` is untouched; the OSError propagates.
+
+    durable=False leaves out the two fsyncs: the file is still replaced atomically (a killed
+    process leaves the old or the new file, never a part), but a power cut may lose it until
+    a later fsync (see sync_checkpoint)."""
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -57,7 +61,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
         try:
@@ -67,8 +72,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if isinstance(e, OSError):  # name the file we meant to write, not the temp file
             raise OSError(e.errno, e.strerror, str(path)) from None
         raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
+    if durable:
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the renames in `folder` durable (best effort: not every file system allows it)."""
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
@@ -77,8 +88,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         pass
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
+def atomic_write_json(path: Path, obj: Any, durable: bool = True) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode(), durable)
 
 
 def append_jsonl(path: Path, obj: Any) -> None:
@@ -279,8 +290,9 @@ OPTIM_NEXT = "optim.safetensors.next"  # the optimizer state of a save in progre
 
 
 def save_checkpoint(run_dir: Path, model: VAE, optimizer_state: dict[str, torch.Tensor] | None,
-                    train_state: dict) -> None:
+                    train_state: dict, durable: bool = True) -> None:
     """Write weights (and optimizer/RNG state for --resume), each file atomically.
+    durable=False skips the fsyncs (see atomic_write_bytes; sync_checkpoint does them later).
 
     Non-finite weights are never written: the previous (good) checkpoint stays and
     NonFiniteLoss is raised. Both safetensors files carry the epoch and step they belong to
@@ -302,11 +314,27 @@ def save_checkpoint(run_dir: Path, model: VAE, optimizer_state: dict[str, torch.
     # one key: safetensors writes metadata keys in no fixed order, and the same run must give the same bytes
     meta = {"train_state": json.dumps({"epoch": train_state.get("epoch"), "step": train_state.get("step")})}
     if optimizer_state is not None:
-        atomic_write_bytes(run_dir / OPTIM_NEXT, st_save(optimizer_state, metadata=meta))
-    atomic_write_bytes(run_dir / "model.safetensors", st_save(weights, metadata=meta))
+        atomic_write_bytes(run_dir / OPTIM_NEXT, st_save(optimizer_state, metadata=meta), durable)
+    atomic_write_bytes(run_dir / "model.safetensors", st_save(weights, metadata=meta), durable)
     if optimizer_state is not None:
         os.replace(run_dir / OPTIM_NEXT, run_dir / "optim.safetensors")
-    atomic_write_json(run_dir / "train_state.json", train_state)
+    atomic_write_json(run_dir / "train_state.json", train_state, durable)
+
+
+def sync_checkpoint(run_dir: Path) -> None:
+    """fsync the checkpoint files and the folder: makes a save_checkpoint(durable=False)
+    survive a power cut. Files that are not there are skipped."""
+    run_dir = Path(run_dir)
+    for name in ("optim.safetensors", "model.safetensors", "train_state.json"):
+        try:
+            fd = os.open(run_dir / name, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    _fsync_dir(run_dir)
 
 
 def load_config(run_dir: Path) -> RunConfig:
