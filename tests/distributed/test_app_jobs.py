@@ -11,7 +11,6 @@ import pytest
 from explorer.services import jobs
 from explorer.views.train import config_from_form
 from trainer import RunConfig, load_run
-from trainer.runs import read_metrics
 
 
 def form(**changes) -> dict:
@@ -39,9 +38,10 @@ def test_a_two_process_job_trains_and_cancel_stops_it(tmp_path):
     run_dir = jobs.start(tmp_path, "two", cfg, threads=2)
     try:
         deadline = time.monotonic() + 240
-        while not read_metrics(run_dir) and time.monotonic() < deadline:
-            time.sleep(0.1)
         js = jobs.job_state(run_dir)
+        while (js is None or js.epoch < 1) and time.monotonic() < deadline:  # an epoch saved
+            time.sleep(0.1)
+            js = jobs.job_state(run_dir)
         assert js.state == "running" and js.epoch >= 1, js
         assert js.pid != jobs.read_job(run_dir)["pid"]  # status names rank 0, not the launcher
         js = jobs.cancel(run_dir, wait_s=60)
