@@ -229,6 +229,18 @@ def manifold(run: Run, n: int = 15, span: float = 3.0) -> np.ndarray:
     return run.decode(z).numpy()
 
 
+def manifold_background(images: np.ndarray, n: int, span: float, scale: int = 4) -> tuple[np.ndarray, float]:
+    """The decoded grid (n*n, C, H, W) as one picture to lay under the latent map: dark ink on
+    a light ground (so coloured points stay visible), 1-px light gaps between tiles, scaled up
+    with sharp pixels. Returns (uint8 image, half-width of its extent in latent units), the
+    extent chosen so that each tile is centred on the code it was decoded from."""
+    from trainer.images import to_grid
+
+    grid = to_grid(1.0 - images_for_display(images), ncols=n, pad=1)
+    grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
+    return grid, span * (1 + 1 / (n - 1)) if n > 1 else span
+
+
 def prior_density_grid(span: float = 3.5, n: int = 60) -> tuple[np.ndarray, np.ndarray]:
     """log N(z; 0, I) for d = 2 on an n x n grid: axis (n,), values (n, n) indexed [z2, z1]."""
     axis = np.linspace(-span, span, n)

@@ -75,9 +75,25 @@ def sidebar() -> None:
                          help="The run the Latent map, Interpolate, ELBO and Generate pages show.")
         else:
             st.caption("No runs yet.")
-        for s in summaries:
-            if s.state in jobs.ACTIVE:
-                st.caption(f":material/hourglass_top: **{s.name}** is training: epoch {s.epoch} of {s.epochs}")
+        training = [str(s.path) for s in summaries if s.state in jobs.ACTIVE]
+        if training:
+            sidebar_jobs(training)
+
+
+@st.fragment(run_every=2.0)
+def sidebar_jobs(run_dirs: list[str]) -> None:
+    """What is training now, refreshed every 2 s; the whole page reruns when all have ended."""
+    states = [(Path(d).name, jobs.job_state(Path(d))) for d in run_dirs]
+    if not any(js is not None and js.active for _, js in states):
+        st.rerun(scope="app")
+    for name, js in states:
+        waiting = jobs.queue_position(Path(run_dirs[0]).parent / name) if js is not None and js.active else None
+        if waiting:
+            st.caption(f":material/schedule: **{name}** waits in the queue: {waiting[0]} of {waiting[1]}")
+        elif js is not None and js.active:
+            st.caption(f":material/hourglass_top: **{name}** is training: epoch {js.epoch} of {js.epochs}")
+        elif js is not None:
+            st.caption(f"**{name}**: {js.state}")
 
 
 def first_start() -> None:
@@ -161,14 +177,18 @@ def live_progress(run_dir: str) -> None:
     js = jobs.job_state(path)
     if js is None or not js.active:
         st.rerun(scope="app")
+    waiting = jobs.queue_position(path)
+    if waiting:
+        st.info(f"**{path.name}** waits in the training queue: position {waiting[0]} of {waiting[1]}; "
+                f"{jobs.max_concurrent_jobs()} job(s) train at a time and it starts by itself.",
+                icon=":material/schedule:")
     st.progress(js.fraction, text=f"Training **{path.name}**: epoch {js.epoch} of {js.epochs} · "
                                   f"{fmt_seconds(js.eta_s)}")
     rows = read_metrics(path)
     if rows:
         st.plotly_chart(charts.training_curves(charts.metrics_arrays(rows), "Live training curves"),
                         key="live_curves")
-        st.caption("ELBO and its two terms per epoch, test split solid, training split dashed; "
-                   + NATS_NOTE)
+        st.caption("ELBO and its two terms per epoch, test split solid, training split dashed. " + NATS_NOTE)
     else:
         st.caption("Starting: loading the data and building the model...")
     if st.button("Cancel training", key="cancel_training", icon=":material/stop_circle:"):

@@ -64,7 +64,8 @@ def main() -> None:
         if d == 2:
             show_grid = st.checkbox("Decoded manifold grid", key="show_manifold", disabled=not enc.is_image,
                                     help="Decode a 15x15 grid of codes z in [-3, 3]^2 and draw the images "
-                                         "under the points: what the decoder makes of each place.")
+                                         "under the points (dark on light), each centred on its code: what "
+                                         "the decoder makes of each place in the latent space.")
             show_contours = st.checkbox("Prior density contours", key="show_contours",
                                         help="Contours of log p(z) = log N(z; 0, I), nats.")
 
@@ -73,10 +74,8 @@ def main() -> None:
     i = common.selected_index(enc.n)
     background = contours = None
     if show_grid:
-        from trainer.images import to_grid
-
-        images = explore.images_for_display(explore.cached_manifold(summary.path, MANIFOLD_N, MANIFOLD_SPAN))
-        background = (to_grid(images, ncols=MANIFOLD_N, pad=0), MANIFOLD_SPAN)
+        images = explore.cached_manifold(summary.path, MANIFOLD_N, MANIFOLD_SPAN)
+        background = explore.manifold_background(images, MANIFOLD_N, MANIFOLD_SPAN)
     if show_contours:
         contours = explore.prior_density_grid()
     fig = charts.latent_map(proj.xy, values, color_by, discrete, proj.axis_titles, selected=i,

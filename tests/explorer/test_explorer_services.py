@@ -217,9 +217,11 @@ def test_upload_a_good_npz(tmp_path):
     ("x.npz", npz_bytes(x=np.array([object()], dtype=object)), "x.npz"),
     ("x.csv", b"a,b\n1,nan\n2,3\n", "x.csv"),
     ("x.exe", b"MZ", "unknown file type"),
-    ("one.png", b"\x89PNG", "single image"),
+    ("one.png", "a real PNG", "single image"),
 ])
 def test_bad_uploads_are_refused_and_not_kept(tmp_path, name, data, words):
+    if data == "a real PNG":
+        data = png_file(np.zeros((4, 4), np.uint8))
     with pytest.raises(TrainerError) as e:
         uploads.save_upload(tmp_path, [(name, data)])
     msg = str(e.value)
@@ -227,14 +229,17 @@ def test_bad_uploads_are_refused_and_not_kept(tmp_path, name, data, words):
     assert not any((tmp_path / "uploads").iterdir()) if (tmp_path / "uploads").exists() else True
 
 
-def test_upload_several_images_as_one_folder(tmp_path):
+def png_file(pixels: np.ndarray) -> bytes:
     from PIL import Image
 
-    files = []
-    for i in range(6):
-        buf = io.BytesIO()
-        Image.fromarray((np.random.default_rng(i).random((5, 5)) * 255).astype(np.uint8)).save(buf, "PNG")
-        files.append((f"im{i}.png", buf.getvalue()))
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_upload_several_images_as_one_folder(tmp_path):
+    files = [(f"im{i}.png", png_file((np.random.default_rng(i).random((5, 5)) * 255).astype(np.uint8)))
+             for i in range(6)]
     saved = uploads.save_upload(tmp_path, files)
     assert saved.is_image and saved.n_samples == 6 and saved.shape == (1, 5, 5)
     assert len(list((tmp_path / "uploads" / saved.name).iterdir())) == 6
@@ -253,3 +258,13 @@ def test_typical_log_density_band_matches_prior_samples():
     # the straight line between two typical codes has atypically high density at its middle
     a, b = z[0].numpy(), z[1].numpy()
     assert explore.prior_log_density(explore.lerp(a, b, 0.5)) > explore.prior_log_density(explore.slerp(a, b, 0.5))
+
+
+def test_manifold_background_centres_tiles_on_their_codes():
+    images = np.zeros((9, 1, 4, 4), np.float32)
+    images[4] = 1.0  # the centre tile (z = 0) is all ink
+    grid, half = explore.manifold_background(images, n=3, span=2.0, scale=2)
+    assert grid.shape == (2 * (3 * 5 + 1), 2 * (3 * 5 + 1)) and grid.dtype == np.uint8
+    assert half == pytest.approx(3.0)  # tiles 2 apart, so the picture reaches 1 beyond +-2
+    c = grid.shape[0] // 2
+    assert grid[c, c] == 0 and grid[4, 4] == 255  # ink is dark, empty tiles are light
