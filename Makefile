@@ -26,21 +26,29 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt $(VENV)/.installed
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# Starts the app; with an empty runs folder it trains the built-in default first (digits, 2-D).
 run: install
-	@echo "Opening VAE Latent Explorer at http://localhost:$(PORT) (runs folder: $(RUNS))"
-	VAE_RUNS_DIR=$(RUNS) $(PY) -m streamlit run explorer/app.py --server.port $(PORT)
+	@echo "VAE Latent Explorer: open http://localhost:$(PORT) in a browser (runs folder: $(RUNS); Ctrl-C stops)"
+	VAE_RUNS_DIR=$(RUNS) $(PY) -m streamlit run explorer/app.py --server.port $(PORT) --server.headless true
 
+# The browser tests drive Debian's chromium through Playwright (never `playwright install`).
 chromium:
 	@if [ ! -x /usr/bin/chromium ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	    echo "Installing Debian's chromium for the browser tests (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-liberation; \
 	  else \
-	    echo "The browser tests need Debian's chromium at /usr/bin/chromium: run 'sudo apt-get install -y chromium'"; exit 1; \
+	    echo "The browser tests need Debian's chromium at /usr/bin/chromium: run 'sudo apt-get install -y chromium', then 'make test' again" >&2; exit 1; \
 	  fi; \
 	fi
 
+# The whole suite in one pytest process: unit and AppTest tests, then the browser tests
+# (tests/e2e, one Streamlit server and one Chromium shared by all of them). pytest's exit
+# status 5 (no tests collected) is a failure.
 test: install-dev chromium
-	$(PY) -m pytest $(PYTEST_ARGS)
+	@$(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests: failing" >&2; exit 1; fi; \
+	exit $$status
 
 # Benchmarks (issue 8): installs pythae (the peer), then runs every section; it refuses to start
 # while other processes load the CPU. BENCH_ARGS e.g. "--quick", "--sections 1,2", "--force".
@@ -52,5 +60,7 @@ $(VENV)/.installed-bench: requirements-bench.txt $(VENV)/.installed-dev
 bench: $(VENV)/.installed-bench
 	$(PY) -m bench $(BENCH_ARGS)
 
+# Refresh the README's pictures (docs/screenshots/*.png): the browser tests' first start
+# (with the app's real default of 100 epochs) and one screenshot of each view.
 screenshots: install-dev chromium
-	VAE_SCREENSHOTS_DIR=docs/screenshots $(PY) -m pytest tests/e2e -k screenshots $(PYTEST_ARGS)
+	VAE_SCREENSHOTS_DIR=docs/screenshots VAE_E2E_FIRST_EPOCHS=100 $(PY) -m pytest tests/e2e -k "first_start or screenshots" $(PYTEST_ARGS)

@@ -1,0 +1,36 @@
+"""First start: an empty runs folder, one page opened, no click: the default training runs
+with its progress and live curves, then the latent map appears by itself."""
+
+import json
+
+from tests.e2e.conftest import DEFAULT_RUN, FIRST_START_EPOCHS
+from trainer import load_dataset
+
+
+def test_first_start_trains_the_default_and_shows_the_latent_map(app, first_start):
+    seen = first_start
+    assert seen.runs_before == [], "the server must start on an empty runs folder"
+    assert seen.clicks == 0
+    assert seen.first_start_note, "the page did not explain the first start"
+
+    # The progress bar was shown and advanced towards the configured epochs.
+    assert seen.progress, "no progress bar was shown while the default run trained"
+    epochs = {total for _, total in seen.progress}
+    assert epochs == {FIRST_START_EPOCHS}, seen.progress
+    finished = [e for e, _ in seen.progress]
+    assert finished == sorted(finished), f"the epoch count went backwards: {finished}"
+    assert len(set(finished)) >= 2, f"the progress bar never moved: {finished}"
+
+    # Live curves were drawn while training, and they grew.
+    assert seen.curve_points, "no live training curves were shown"
+    assert max(seen.curve_points) > min(seen.curve_points), seen.curve_points
+
+    # Then the latent map, without a click: one WebGL point per test sample.
+    assert seen.map_canvas, "the latent map was not drawn in a canvas"
+    cfg = json.loads((app.runs_dir / DEFAULT_RUN / "config.json").read_text())
+    assert cfg["data"] == "digits" and cfg["model"]["latent_dim"] == 2
+    status = json.loads((app.runs_dir / DEFAULT_RUN / "status.json").read_text())
+    assert status["state"] == "done" and status["epoch"] == FIRST_START_EPOCHS
+    n_test = len(load_dataset(cfg["data"], cfg["train"]["seed"]).x_test)
+    assert seen.map_points == n_test, "one point per test sample"
+    assert f"run={DEFAULT_RUN}" in seen.url

@@ -1,0 +1,78 @@
+"""Train: a run started from the form trains in the background with a moving progress bar
+and growing live curves and then shows up in Runs as done; Cancel stops a longer run and the
+page says it was cancelled."""
+
+import json
+import re
+
+from tests.e2e import harness
+from tests.e2e.conftest import open_view
+from tests.e2e.harness import TRAIN_S
+
+
+def fill(page, key: str, value) -> None:
+    box = harness.keyed(page, key).locator("input")
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def start_training(page, app, name: str, epochs: int, batch_size: int) -> None:
+    """Fill the Train form (digits, a small MLP, defaults otherwise) and press Train; from then
+    on the browser records the progress bar and the live curves (harness.recorded)."""
+    open_view(page, app, "train", "Train")
+    fill(page, "train_hidden", "128")
+    fill(page, "train_epochs", epochs)
+    fill(page, "train_batch_size", batch_size)
+    fill(page, "train_name", name)
+    harness.start_recorder(page)
+    page.locator('[data-testid="stFormSubmitButton"] button').click()
+    page.get_by_role("heading", name=f"Job: {name}").wait_for()
+
+
+def test_train_from_the_form(page, app, trained_run):
+    name, epochs = "form-run", 6
+    start_training(page, app, name, epochs, batch_size=32)
+    page.get_by_text(f"{name} finished {epochs} epochs").wait_for(timeout=TRAIN_S * 1000)
+    harness.wait_idle(page)
+    rows = [r for r in harness.recorded(page) if r["run"] in (name, None)]
+    seen_epochs = [r["epoch"] for r in rows if r["epoch"] is not None]
+    seen_points = [r["points"] for r in rows if r["points"]]
+    assert {r["epochs"] for r in rows if r["epochs"] is not None} == {epochs}
+    assert seen_epochs == sorted(seen_epochs), seen_epochs
+    assert len(set(seen_epochs)) >= 3, f"the progress bar hardly moved: {sorted(set(seen_epochs))}"
+    assert seen_points and seen_points == sorted(seen_points) and seen_points[-1] > seen_points[0], \
+        f"the live curves did not grow: {sorted(set(seen_points))}"
+
+    # The job ran as `python -m trainer fit` with one torch thread.
+    job = json.loads((app.runs_dir / name / "job.json").read_text())
+    assert job["command"][:3] == ["-m", "trainer", "fit"]
+    assert job["command"][job["command"].index("--threads") + 1] == "1"
+
+    # Runs lists it as done, with all its epochs.
+    open_view(page, app, "runs", "Runs")
+    table = {r["run"]: r for r in harness.table_rows(harness.keyed(page, "runs_table"))}
+    assert table[name]["state"] == "done" and table[name]["epochs"] == f"{epochs}/{epochs}", table[name]
+    harness.assert_no_traceback(page)
+
+
+def test_cancel_a_longer_run(page, app, trained_run):
+    name, epochs = "cancel-run", 2000
+    start_training(page, app, name, epochs, batch_size=128)
+    try:
+        page.get_by_text(re.compile(rf"Training {name}: epoch [1-9]\d* of {epochs}")).wait_for(
+            timeout=TRAIN_S * 1000)  # one epoch done: the run has weights worth keeping
+        page.wait_for_function(harness.TRAINING_DRAWN_JS, timeout=TRAIN_S * 1000)
+        harness.screenshot(page, "train")
+        harness.keyed(page, "cancel_training").locator("button").click()
+        page.get_by_text(f"{name} was cancelled").wait_for()
+        harness.wait_idle(page)
+        status = json.loads((app.runs_dir / name / "status.json").read_text())
+        assert status["state"] == "cancelled" and 1 <= status["epoch"] < epochs, status
+        assert harness.training_pid(app.runs_dir / name) is None, "the training process is still running"
+        assert page.get_by_role("heading", name=f"Job: {name}").is_visible()
+
+        open_view(page, app, "runs", "Runs")
+        rows = {r["run"]: r for r in harness.table_rows(harness.keyed(page, "runs_table"))}
+        assert rows[name]["state"] == "cancelled", rows[name]
+    finally:  # whatever happened, no training job keeps running into the next tests
+        harness.stop_training(app.runs_dir / name)
