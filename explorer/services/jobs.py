@@ -33,6 +33,8 @@ from pathlib import Path
 from trainer import RunConfig, TrainerError
 from trainer.runs import atomic_write_json, read_metrics, read_status, write_status
 
+from . import job_slot
+
 REPO_ROOT = Path(__file__).resolve().parents[2]  # where `python -m trainer` is importable
 JOB_FILE = "job.json"
 LOG_FILE = "train.log"
@@ -197,11 +199,30 @@ def _same(saved: dict, want: dict) -> bool:
         return False
 
 
-def start(root: Path, name: str, cfg: RunConfig, threads: int) -> Path:
+def max_concurrent_jobs() -> int:
+    """How many jobs train at once: $VAE_MAX_JOBS, default 1 (this is a 2-core machine); the
+    others wait in the queue (job_slot) and start by themselves, oldest first."""
+    try:
+        return max(1, int(os.environ.get("VAE_MAX_JOBS", "1")))
+    except ValueError:
+        return 1
+
+
+def queue_position(run_dir: Path) -> tuple[int, int] | None:
+    """(position, length) of the run in the queue of jobs waiting for a slot, position 1
+    first; None when it is not waiting."""
+    run_dir = Path(run_dir)
+    queue = job_slot.waiting_jobs(run_dir.parent)
+    return (queue.index(run_dir.name) + 1, len(queue)) if run_dir.name in queue else None
+
+
+def start(root: Path, name: str, cfg: RunConfig, threads: int, max_jobs: int | None = None) -> Path:
     """Launch `python -m trainer fit` for `cfg` into `root/name`; returns the run folder.
 
-    Raises JobBusy if that run is already training, or if another run with the very same
-    settings is (a double click, a second tab), and TrainerError for a bad name or config.
+    The job goes through the queue (job_slot): at most `max_jobs` (default
+    max_concurrent_jobs()) train at once, the rest wait. Raises JobBusy if that run is
+    already training, or if another run with the very same settings is (a double click, a
+    second tab), and TrainerError for a bad name or config.
     """
     root = Path(root).resolve()
     cfg.validate()
@@ -222,12 +243,15 @@ def start(root: Path, name: str, cfg: RunConfig, threads: int) -> Path:
             raise JobBusy(f"{name} is already being started") from None
         os.close(fd)
         command = fit_command(cfg, run_dir, threads)
+        limit = max_jobs if max_jobs is not None else max_concurrent_jobs()
+        # waits for one of `limit` slots, then execs the trainer (same process, same pid)
+        queued = [sys.executable, "-m", "explorer.services.job_slot", str(root), str(limit), "--", *command]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
         env["OMP_NUM_THREADS"] = str(max(1, threads))
         try:
             with open(run_dir / LOG_FILE, "ab") as log:
-                proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
+                proc = subprocess.Popen(queued, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as e:
             (run_dir / JOB_FILE).unlink(missing_ok=True)

@@ -15,10 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer import TrainerError, load_dataset
+from trainer.safety import UploadLimits, extract_images_zip, validate_upload
 
 from .runs import UPLOADS
 
 MAX_UPLOAD_MB = 200  # also .streamlit/config.toml server.maxUploadSize
+# Checked by content before anything is saved (trainer.safety): sizes, archives (zip bombs,
+# escaping paths), image dimensions, CSV width.
+UPLOAD_LIMITS = UploadLimits(max_bytes=MAX_UPLOAD_MB * 2**20)
 DATA_SUFFIXES = (".npz", ".npy", ".csv", ".gz", ".idx", "-ubyte")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -63,6 +67,7 @@ def save_upload(root: Path, files: list[tuple[str, bytes]]) -> UploadedData:
     if total > MAX_UPLOAD_MB * 1024 * 1024:
         raise TrainerError(f"the upload is {total / 2**20:.0f} MB; the limit is {MAX_UPLOAD_MB} MB")
     names = [safe_filename(n) for n, _ in files]
+    kinds = validate_upload([(n, data) for n, (_, data) in zip(names, files)], UPLOAD_LIMITS)
     folder = Path(root) / UPLOADS
     folder.mkdir(parents=True, exist_ok=True)
     all_images = all(n.lower().endswith(IMAGE_SUFFIXES) for n in names)
@@ -75,6 +80,13 @@ def save_upload(root: Path, files: list[tuple[str, bytes]]) -> UploadedData:
         target.mkdir()
         for i, (name, (_, data)) in enumerate(zip(names, files)):
             (target / f"{i:06d}-{name}").write_bytes(data)
+    elif kinds[0] == "images.zip":  # a .zip of images, unpacked safely into a folder
+        target = _free(folder / (Path(names[0]).stem + "-images"))
+        try:
+            extract_images_zip(names[0], files[0][1], target, UPLOAD_LIMITS)
+        except TrainerError:
+            _remove(target)
+            raise
     else:
         name = names[0]
         if not name.lower().endswith(DATA_SUFFIXES) and "idx" not in name.lower():

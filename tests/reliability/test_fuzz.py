@@ -239,3 +239,79 @@ def test_run_names_any_text(name):
         return
     path = safe_run_path(root, checked)
     assert path.parent == root.resolve() and path.name == name
+
+
+# -- uploads --------------------------------------------------------------------------------------
+
+def _valid_files() -> dict[str, bytes]:
+    """One valid file of each kind the upload path takes (built once)."""
+    import gzip
+    import io
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    def png(seed):
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (6, 6), dtype=np.uint8)).save(buf, "PNG")
+        return buf.getvalue()
+
+    npz, npy, zipped = io.BytesIO(), io.BytesIO(), io.BytesIO()
+    np.savez_compressed(npz, x=np.arange(12.0).reshape(4, 3), y=np.arange(4))
+    np.save(npy, np.arange(12, dtype=np.float32).reshape(3, 4))
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i in range(3):
+            zf.writestr(f"a/{i}.png", png(i))
+    idx = bytes([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2]) + bytes(range(8))
+    return {"data.npz": npz.getvalue(), "data.npy": npy.getvalue(), "photos.zip": zipped.getvalue(),
+            "t.csv": b"a,b\n1,2\n3,4\n", "img.png": png(7), "train-images-idx3-ubyte": idx,
+            "train-images-idx3-ubyte.gz": gzip.compress(idx)}
+
+
+VALID_UPLOADS = _valid_files()
+UPLOAD_NAMES = list(VALID_UPLOADS) + ["x.jpg", "x.jpeg", "x.txt", "x", "x.NPZ"]
+
+
+@st.composite
+def uploads(draw) -> tuple[str, bytes]:
+    name = draw(st.sampled_from(UPLOAD_NAMES))
+    source = VALID_UPLOADS.get(name) if draw(st.booleans()) else None  # mostly the file its name promises
+    source = source or draw(st.sampled_from(list(VALID_UPLOADS.values())))
+    data = draw(st.one_of(st.binary(max_size=400), mutated(source), st.just(source)))
+    return name, data
+
+
+@FUZZ
+@given(uploads())
+def test_upload_validator_on_arbitrary_files(upload):
+    from trainer.safety import UploadLimits, check_upload
+
+    name, data = upload
+    try:
+        kind = check_upload(name, data, UploadLimits(max_unpacked_bytes=1 << 20))
+    except TrainerError as e:
+        assert "\n" not in str(e)
+        event("refused")
+        return
+    event(f"accepted {kind}")
+    assert kind in ("npz", "npy", "csv", "idx", "idx.gz", "image", "images.zip")
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(st.lists(uploads(), min_size=1, max_size=3))
+def test_app_upload_path_on_arbitrary_files(files):
+    """explorer's save_upload: a saved data set or a TrainerError; a refusal leaves nothing."""
+    from explorer.services import uploads as upload_service
+
+    with tempfile.TemporaryDirectory() as root:
+        try:
+            saved = upload_service.save_upload(Path(root), files)
+        except TrainerError as e:
+            assert "\n" not in str(e)
+            left = list((Path(root) / "uploads").iterdir()) if (Path(root) / "uploads").exists() else []
+            assert left == [], left
+            event("refused")
+            return
+        event("saved")
+        assert Path(saved.spec).exists() and saved.n_samples >= 2
