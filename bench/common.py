@@ -37,6 +37,8 @@ class Sizes:
     digits_epochs: int = 20  # epochs timed in the digits-epoch measurement
     scaling: tuple[int, ...] = (10_000, 30_000, 60_000, 120_000)  # training set sizes
     flat_epochs: int = 6  # epochs of the 60k run whose times should stay flat
+    dist_n: int = 20_000  # images of the 1-vs-2-processes runs (bench/distributed.py; 80% train)
+    dist_epochs: int = 3
     calls: int = 200  # decode calls for p50/p95
     encode_n: int = 10_000  # test set encoded at once
     pca_n: int = 70_000  # codes projected by PCA
@@ -52,7 +54,7 @@ class Sizes:
     def quick(cls) -> "Sizes":
         """Tiny sizes: every section runs end to end in seconds (the smoke test uses these)."""
         return cls(peak_sizes=(256,), peak_seconds=0.05, n_train=1024, n_test=256, epochs=2, bf16_n=512, bf16_epochs=1, digits_epochs=3,
-                   scaling=(512, 1024), flat_epochs=2, calls=20, encode_n=512, pca_n=2000, tsne_n=200,
+                   scaling=(512, 1024), flat_epochs=2, dist_n=1000, dist_epochs=2, calls=20, encode_n=512, pca_n=2000, tsne_n=200,
                    iwae_n=50, iwae_k=50, browser_moves=3, rss_n=2000, quality_epochs=2, quality_k=20)
 
 

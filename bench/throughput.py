@@ -174,4 +174,19 @@ def section_4(ctx: Context) -> None:
         result["flat_epoch_s"] = times
         ctx.row("4", f"epoch {len(times)} vs epoch 2, {len(full.x_train):,} samples", times[-1], "s", later,
                 "epoch 2, same run", "flat", note="epoch times " + ", ".join(f"{t:.2f}" for t in times))
+    # Processes instead of threads: the distributed trainer's own benchmark (bench/distributed.py),
+    # real `python -m trainer fit` runs of 1 and 2 processes on one generated .npy file.
+    try:
+        from .distributed import bench_distributed
+    except ImportError:
+        bench_distributed = None
+    if bench_distributed is not None and ctx.quick:  # four more process launches: not in tiny mode
+        ctx.row("4", "fit, 1 vs 2 processes", None, "samples/s", note="left out with --quick")
+    elif bench_distributed is not None:
+        dist = bench_distributed(n=s.dist_n, epochs=s.dist_epochs, hidden=",".join(map(str, s.hidden)),
+                                 batch_size=s.batch_size, workdir=ctx.workdir)
+        result["processes"] = dist
+        for name, r in dist["runs"].items():
+            ctx.row("4", f"fit, {name}, {dist['setup']['train_n']:,} samples", r["samples_per_s"], "samples/s",
+                    r["ratio_vs_1x1"], "1 process x 1 thread, same run")
     ctx.sections["4_scaling"] = result
