@@ -9,6 +9,7 @@ import time
 import pytest
 
 from explorer.services import jobs
+from explorer.services.runs import list_runs
 from explorer_helpers import assert_clean
 
 pytestmark = pytest.mark.slow
@@ -34,7 +35,7 @@ def test_first_start_trains_in_the_background_and_cancel_stops_it(make_app, app_
         other = make_app(root).run()
         assert not other.exception
         assert jobs.read_job(run_dir)["pid"] == pid
-        assert [p.name for p in root.iterdir() if p.is_dir()] == ["digits-2d"]
+        assert [r.name for r in list_runs(root)] == ["digits-2d"]
 
         at.button(key="cancel_training").click().run(timeout=60)
         assert not jobs.pid_alive(pid)
@@ -62,7 +63,7 @@ def test_train_form_starts_one_job_and_a_second_click_does_not_duplicate(make_ap
         at.text_input(key="train_name").input("")
         at.button(key="train_submit").click().run(timeout=30)
         assert any("already training" in i.value for i in at.info)
-        assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["mixture"]
+        assert [r.name for r in list_runs(root)] == ["mixture"]
         # cancel from the page
         at.button(key="cancel_training").click().run(timeout=60)
         assert jobs.job_state(run_dir).state == "cancelled"
