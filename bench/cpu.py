@@ -19,7 +19,7 @@ import torch
 
 @dataclass
 class CpuLoad:
-    busy_cores: float  # cores' worth of CPU time used by everyone over the window (0..cores)
+    busy_cores: float  # cores' worth of CPU time used by other processes over the window (0..cores)
     cores: int  # logical CPUs counted in /proc/stat
     window_s: float  # length of the measurement
     top: list[tuple[int, float, str]]  # (pid, cores used, command) of the busiest other processes
@@ -60,18 +60,20 @@ def _process_jiffies() -> dict[int, tuple[int, str]]:
 
 
 def measure_load(window_s: float = 1.0) -> CpuLoad:
-    """CPU time used by everything on the machine over `window_s` seconds, while this process
-    sleeps; also names the processes that used it."""
+    """CPU time used by every other process on the machine over `window_s` seconds, while
+    this one sleeps; also names the processes that used it."""
     hz = os.sysconf("SC_CLK_TCK")
     procs0 = _process_jiffies()
+    own0 = sum(os.times()[:2])  # this process's CPU seconds (its idle worker threads may spin)
     total0, idle0, cores = _cpu_times()
     t0 = time.monotonic()
     time.sleep(window_s)
     total1, idle1, _ = _cpu_times()
     elapsed = time.monotonic() - t0
+    own = sum(os.times()[:2]) - own0
     procs1 = _process_jiffies()
     total = max(1, total1 - total0)
-    busy = (total - (idle1 - idle0)) / total * cores
+    busy = (total - (idle1 - idle0)) / total * cores - own / elapsed
     top = []
     for pid, (j1, cmd) in procs1.items():
         if pid in procs0:
