@@ -242,26 +242,54 @@ def start(root: Path, name: str, cfg: RunConfig, threads: int, max_jobs: int | N
         except FileExistsError:
             raise JobBusy(f"{name} is already being started") from None
         os.close(fd)
-        command = fit_command(cfg, run_dir, threads)
-        limit = max_jobs if max_jobs is not None else max_concurrent_jobs()
-        # waits for one of `limit` slots, then execs the trainer (same process, same pid)
-        queued = [sys.executable, "-m", "explorer.services.job_slot", str(root), str(limit), "--", *command]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-        env["OMP_NUM_THREADS"] = str(max(1, threads))
-        try:
-            with open(run_dir / LOG_FILE, "ab") as log:
-                proc = subprocess.Popen(queued, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        except OSError as e:
-            (run_dir / JOB_FILE).unlink(missing_ok=True)
-            raise TrainerError(f"cannot start the training process ({e.strerror or e})") from None
-        _PROCS[proc.pid] = proc
-        atomic_write_json(run_dir / JOB_FILE, {"pid": proc.pid, "config": cfg.to_dict(),
-                                               "command": command[1:], "started": time.time()})
-        if read_status(run_dir) is None:  # the trainer overwrites this with "running"
-            write_status(run_dir, "queued", pid=proc.pid, epoch=0, epochs=cfg.train.epochs, message="")
+        _launch(root, run_dir, cfg, fit_command(cfg, run_dir, threads), threads, max_jobs)
     return run_dir
+
+
+def resume(root: Path, name: str, threads: int, max_jobs: int | None = None) -> Path:
+    """Continue a failed or cancelled run from its last saved epoch (`python -m trainer fit
+    --resume`), through the same queue. Raises JobBusy if it is training, TrainerError if it
+    has no usable checkpoint."""
+    from trainer.runs import load_config, read_train_state
+
+    root = Path(root).resolve()
+    run_dir = root / check_name(name)
+    cfg = load_config(run_dir)
+    epoch = read_train_state(run_dir)["epoch"]
+    with _runs_lock(root):
+        js = job_state(run_dir)
+        if js is not None and js.active:
+            raise JobBusy(f"{name} is already training (epoch {js.epoch} of {js.epochs})")
+        _launch(root, run_dir, cfg, fit_command(cfg, run_dir, threads) + ["--resume"], threads, max_jobs,
+                message=f"resuming from epoch {epoch}")
+    return run_dir
+
+
+def _launch(root: Path, run_dir: Path, cfg: RunConfig, command: list[str], threads: int,
+            max_jobs: int | None, message: str = "") -> None:
+    """Start `command` (a trainer command line) for run_dir through the queue; job.json and a
+    `queued` status record it. Called with the runs lock held."""
+    limit = max_jobs if max_jobs is not None else max_concurrent_jobs()
+    # waits for one of `limit` slots, then execs the trainer (same process, same pid)
+    queued = [sys.executable, "-m", "explorer.services.job_slot", str(root), str(limit), "--", *command]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    env["OMP_NUM_THREADS"] = str(max(1, threads))
+    try:
+        with open(run_dir / LOG_FILE, "ab") as log:
+            proc = subprocess.Popen(queued, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    except OSError as e:
+        if not message:  # a new run: take back its empty job.json
+            (run_dir / JOB_FILE).unlink(missing_ok=True)
+        raise TrainerError(f"cannot start the training process ({e.strerror or e})") from None
+    _PROCS[proc.pid] = proc
+    atomic_write_json(run_dir / JOB_FILE, {"pid": proc.pid, "config": cfg.to_dict(),
+                                           "command": command[1:], "started": time.time()})
+    status = read_status(run_dir)
+    if status is None or message:  # the trainer overwrites this with "running"
+        write_status(run_dir, "queued", pid=proc.pid, epoch=(status or {}).get("epoch", 0),
+                     epochs=cfg.train.epochs, message=message)
 
 
 def cancel(run_dir: Path, wait_s: float = 15.0) -> JobState | None:

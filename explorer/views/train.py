@@ -104,6 +104,17 @@ def job_panel(root) -> None:
         st.error(f"Training {target.name} failed: {target.message}")
     elif target.state == "cancelled":
         st.warning(f"{target.name} was cancelled: {target.message or 'stopped by the user'}.")
+    if target.state in ("failed", "cancelled") and target.epoch < target.epochs \
+            and (target.path / "model.safetensors").exists():
+        if st.button(f"Resume {target.name} from its last saved epoch", key="resume_run",
+                     icon=":material/play_arrow:"):
+            try:
+                jobs.resume(root, target.name, common.train_threads())
+            except (TrainerError, OSError) as e:
+                st.error(f"Could not resume {target.name}: {e}")
+            else:
+                st.session_state["_last_job"] = target.name
+                st.rerun()
 
 
 def main() -> None:

@@ -1,0 +1,137 @@
+"""The same damaged run folders seen through the app (Streamlit's AppTest running
+explorer/app.py): every view says what is wrong in one line, never shows a traceback, and
+the other run in the same runs folder still opens. A job killed with kill -9 is shown as
+failed, and the app resumes it from its last checkpoint."""
+
+from __future__ import annotations
+
+import pickle
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from explorer.services import jobs
+from trainer import RunConfig, load_run
+from trainer.runs import read_metrics
+
+from .conftest import ROOT
+from .test_checkpoints import CONFIGS, DAMAGES, _edit_config, _MakesMarker
+
+VIEWS = ["latent-map", "interpolate", "elbo", "generate"]
+APP_CASES = {
+    "truncated": DAMAGES["truncated"],
+    "wrong-shape": DAMAGES["wrong-shape"],
+    "nan-weight": DAMAGES["nan-weight"],
+    "missing-key": DAMAGES["missing-key"],
+}
+CONFIG_CASES = ["not-json", "python-path-arch", "latent-as-string"]
+
+
+@pytest.fixture
+def app(monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    def make(root: Path, **query) -> AppTest:
+        monkeypatch.setenv("VAE_RUNS_DIR", str(root))
+        monkeypatch.setenv("VAE_AUTOSTART", "0")
+        monkeypatch.setenv("VAE_APP_THREADS", "1")
+        monkeypatch.setenv("VAE_TRAIN_THREADS", "1")
+        at = AppTest.from_file(str(ROOT / "explorer" / "app.py"), default_timeout=120)
+        for k, v in query.items():
+            at.query_params[k] = v
+        return at
+
+    return make
+
+
+def _one_line_error(at, *fragments: str) -> str:
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1, errors
+    assert "\n" not in errors[0] and "Traceback" not in errors[0], errors[0]
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+    return errors[0]
+
+
+def _opens_cleanly(at) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    assert at.get("plotly_chart"), "the view shows its chart"
+
+
+@pytest.mark.parametrize("case", list(APP_CASES))
+def test_damaged_weights_in_the_app(case, runs_dir, app):
+    damage, expected = APP_CASES[case]
+    damage(runs_dir / "bad")
+    for view in VIEWS:
+        _one_line_error(app(runs_dir, run="bad", view=view).run(), "Cannot open bad", expected)
+    _opens_cleanly(app(runs_dir, run="good", view="latent-map").run())
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES)
+def test_bad_config_in_the_app(case, runs_dir, app):
+    change, expected = CONFIGS[case]
+    if callable(change):
+        _edit_config(runs_dir / "bad", change)
+    else:
+        (runs_dir / "bad" / "config.json").write_text(change)
+    _one_line_error(app(runs_dir, run="bad", view="latent-map").run(), expected)
+    runs_page = app(runs_dir, view="runs").run()
+    assert not runs_page.exception
+    _opens_cleanly(app(runs_dir, run="good", view="latent-map").run())
+
+
+def test_pickle_as_weights_in_the_app_never_runs(runs_dir, app, tmp_path):
+    marker = tmp_path / "MARKER"
+    (runs_dir / "bad" / "model.safetensors").write_bytes(pickle.dumps(_MakesMarker(marker)))
+    for view in VIEWS:
+        _one_line_error(app(runs_dir, run="bad", view=view).run(), "not a safetensors file")
+    assert not marker.exists()
+    _opens_cleanly(app(runs_dir, run="good", view="latent-map").run())
+
+
+def test_cut_off_metrics_in_the_app(runs_dir, app):
+    path = runs_dir / "bad" / "metrics.jsonl"
+    text = path.read_text()
+    path.write_text(text[: len(text) - 20])  # the last line loses its end
+    at = app(runs_dir, run="bad", view="runs").run()
+    assert not at.exception and not at.error
+    _opens_cleanly(app(runs_dir, run="bad", view="latent-map").run())
+
+
+@pytest.mark.slow
+def test_a_killed_job_shows_failed_and_the_app_resumes_it(tmp_path, app):
+    root = tmp_path / "runs"
+    cfg = RunConfig(data="digits:test=0.75")
+    cfg.model.hidden, cfg.train.epochs, cfg.train.batch_size = [16], 6, 4
+    run_dir = jobs.start(root, "killed", cfg, threads=1)
+    try:
+        deadline = time.monotonic() + 240
+        while len(read_metrics(run_dir)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(read_metrics(run_dir)) >= 2
+        pid = jobs.read_job(run_dir)["pid"]
+        jobs._signal_group(pid, signal.SIGKILL)
+        while jobs.pid_alive(pid):
+            time.sleep(0.05)
+        saved = len(load_run(run_dir).metrics)
+
+        at = app(root, view="train")
+        at.session_state["_last_job"] = "killed"
+        at.run()
+        error = _one_line_error(at, "Training killed failed", "stopped without finishing")
+        assert "resume" in error
+        at.button(key="resume_run").click().run()
+        assert not at.exception
+        deadline = time.monotonic() + 300
+        while jobs.job_state(run_dir).state in jobs.ACTIVE and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert jobs.job_state(run_dir).state == "done"
+        rows = read_metrics(run_dir)
+        assert [r["epoch"] for r in rows] == list(range(1, 7)), "resumed after the saved epochs, none twice"
+        assert len(rows) > saved and load_run(run_dir).metrics == rows
+    finally:
+        jobs.cancel(run_dir, wait_s=5)
