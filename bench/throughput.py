@@ -100,6 +100,9 @@ def section_1_2(ctx: Context) -> None:
                     peer_rate * flop / peak["flops"], "f32 matmul peak")
         if threads == ctx.threads:
             ctx.cache["ours_main"] = (ours, rows)  # section 4 trains it on; section 5 encodes with it
+    result["profile"] = profile_epoch(ctx, ctx.threads)
+    top = ", ".join(f"{k} {v:.0%}" for k, v in result["profile"]["share"].items())
+    ctx.row("2", f"profile of a training epoch, {ctx.threads} threads", None, "", note=f"self CPU time: {top}")
     by = result["by_threads"]
     if "1" in by and str(ctx.threads) in by and ctx.threads != 1:
         speedup = by[str(ctx.threads)]["ours_samples_per_s"] / by["1"]["ours_samples_per_s"]
@@ -107,6 +110,38 @@ def section_1_2(ctx: Context) -> None:
         ctx.row("4", f"threads 1 -> {ctx.threads}, ours", speedup, "x", speedup / ctx.threads,
                 f"ideal {ctx.threads}x", note="ratio = speed-up / thread count")
     ctx.sections["1_2_throughput"] = result
+
+
+# torch.profiler operator names -> what they are in the training step
+_KINDS = (("matrix products", ("aten::mm", "aten::addmm", "aten::bmm")),
+          ("Adam", ("aten::_fused_adam_", "Optimizer.step#Adam.step", "Optimizer.zero_grad#Adam.zero_grad")),
+          ("Bernoulli log-likelihood", ("aten::log_sigmoid_forward", "aten::log_sigmoid_backward", "aten::sigmoid",
+                                        "aten::binary_cross_entropy_with_logits")),
+          ("ReLU", ("aten::clamp_min", "aten::threshold_backward", "aten::relu")),
+          ("batch gather", ("aten::index_select",)))
+
+
+def profile_epoch(ctx: Context, threads: int, batches: int = 40) -> dict:
+    """torch.profiler over one training epoch of `batches` steps (after a warm-up epoch):
+    the share of self CPU time by kind of work, and the ten costliest operators."""
+    from torch.profiler import ProfilerActivity, profile
+
+    s = ctx.sizes
+    full = ctx.blobs()
+    data = Dataset("blobs", full.x_train[:batches * s.batch_size], full.x_test[:256], is_image=True)
+    use_threads(threads)
+    trainer = Trainer(ctx.mnist_config(epochs=1), data, torch.device("cpu"))
+    trainer.run()
+    trainer.cfg.train.epochs = 2
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        trainer.run()
+    ops = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    total = sum(ops.values()) or 1.0
+    share = {kind: sum(ops.get(name, 0.0) for name in names) / total for kind, names in _KINDS}
+    share["everything else"] = 1.0 - sum(share.values())
+    top = sorted(ops.items(), key=lambda kv: -kv[1])[:10]
+    return {"threads": threads, "batches": batches, "share": share,
+            "top_ops_self_cpu_share": {name: t / total for name, t in top}}
 
 
 def section_2_bf16(ctx: Context) -> None:
