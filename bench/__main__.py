@@ -13,7 +13,6 @@ epochs), 5 interactive paths, 6 in the browser, 7 peak memory, 8 quality beside 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys

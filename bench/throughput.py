@@ -1,5 +1,5 @@
 """Sections 1, 2 and 4: training speed against pythae, against the CPU's float32 limit, and as
-the data and the threads grow.
+the data, the epochs, the threads and the processes grow.
 
 Our side is trainer.train.Trainer, the loop `python -m trainer fit` runs; its `epoch_time_s`
 covers the training pass only (the per-epoch test evaluation is timed apart), as pythae's
@@ -14,12 +14,12 @@ import time
 
 import torch
 
+from trainer.data import Dataset
 from trainer.train import Callbacks, Trainer, evaluate
 
 from . import peer
-from .common import (Context, matrix_weights, median, train_flop_per_sample, use_threads)
+from .common import Context, matrix_weights, median, train_flop_per_sample, use_threads
 from .cpu import matmul_peak
-from trainer.data import Dataset
 
 
 def _rate(n: int, times: list[float]) -> float:
