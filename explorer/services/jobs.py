@@ -32,6 +32,7 @@ from pathlib import Path
 
 from trainer import RunConfig, TrainerError
 from trainer.runs import atomic_write_json, read_metrics, read_status, write_status
+from trainer.safety import safe_run_path
 
 from . import job_slot
 
@@ -226,7 +227,7 @@ def start(root: Path, name: str, cfg: RunConfig, threads: int, max_jobs: int | N
     """
     root = Path(root).resolve()
     cfg.validate()
-    run_dir = root / check_name(name)
+    run_dir = safe_run_path(root, check_name(name))  # never a symlink out of the runs folder
     with _runs_lock(root):
         js = job_state(run_dir) if run_dir.is_dir() else None
         if js is not None and js.active:
@@ -253,7 +254,7 @@ def resume(root: Path, name: str, threads: int, max_jobs: int | None = None) -> 
     from trainer.runs import load_config, read_train_state
 
     root = Path(root).resolve()
-    run_dir = root / check_name(name)
+    run_dir = safe_run_path(root, check_name(name))  # never a symlink out of the runs folder
     cfg = load_config(run_dir)
     epoch = read_train_state(run_dir)["epoch"]
     with _runs_lock(root):
@@ -329,7 +330,7 @@ def _signal_group(pid: int, sig: int) -> None:
 
 def check_name(name: str) -> str:
     """A run name is one plain folder name: letters, digits, '-', '_' and '.'."""
-    name = (name or "").strip()
+    name = (name if isinstance(name, str) else "").strip()
     ok = name and len(name) <= 80 and name not in (".", "..", "uploads") and not name.startswith(".") \
         and all(c.isalnum() or c in "-_." for c in name)
     if not ok:
@@ -350,6 +351,8 @@ def suggest_name(root: Path, cfg: RunConfig, base: str | None = None) -> str:
         if cfg.train.seed != 0:
             base += f"-seed{cfg.train.seed}"
     base = "".join(c if (c.isalnum() or c in "-_.") else "-" for c in base).strip(".-") or "run"
+    while ".." in base:  # safe_run_path refuses '..' anywhere
+        base = base.replace("..", ".")
     base = base[:70]
     name, i = base, 2
     while (Path(root) / name).exists() or name == "uploads":

@@ -109,3 +109,24 @@ def test_fit_refuses_nul_in_the_out_path(tmp_path):
     with pytest.raises(TrainerError, match="control characters"):
         fit(cfg, str(tmp_path / "run\x00x"))
     assert os.listdir(tmp_path) == []
+
+
+def test_the_apps_training_jobs_refuse_bad_names_and_symlinks(tmp_path):
+    """explorer.services.jobs.start (the Train button) with every bad name, and with a name
+    that is a symlink to a folder outside the runs folder: refused, nothing written."""
+    from explorer.services import jobs
+
+    root, outside = tmp_path / "runs", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "innocent").symlink_to(outside, target_is_directory=True)
+    before = _tree(tmp_path)
+    cfg = RunConfig(data="digits")
+    cfg.model.hidden, cfg.train.epochs = [8], 1
+    # (the app trims surrounding whitespace from a typed name instead of refusing it)
+    names = [n for n in BAD_NAMES.values() if not (isinstance(n, str) and n.strip() != n)]
+    for name in [*names, "innocent"]:
+        with pytest.raises(TrainerError):
+            jobs.start(root, name, cfg, threads=1)
+    assert _tree(tmp_path) - {".jobs.lock", "runs/.jobs.lock"} == before
+    assert list(outside.iterdir()) == []

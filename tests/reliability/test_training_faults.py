@@ -319,3 +319,42 @@ def test_a_crash_between_the_files_of_a_save_leaves_a_resumable_run(crash_at, ru
     assert fit(_tiny_cfg(epochs=4), ref, resume=True) == "done"
     assert (out / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()
     assert (out / "optim.safetensors").read_bytes() == (ref / "optim.safetensors").read_bytes()
+
+
+# -- reading a `running` status back -------------------------------------------------------------
+
+def _status(d: Path, **fields) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "status.json").write_text(json.dumps({"state": "running", "epoch": 3, "epochs": 10, **fields}))
+
+
+def test_a_running_status_is_believed_only_while_its_process_lives(tmp_path):
+    import socket
+
+    me, host, now = os.getpid(), socket.gethostname(), time.time()
+    start = runs_mod._process_start(me)
+    cases = {
+        "alive": (dict(pid=me, pid_start=start, host=host, heartbeat=now), "running"),
+        "heartbeat stale": (dict(pid=me, pid_start=start, host=host, heartbeat=now - 1000), "failed"),
+        "no heartbeat": (dict(pid=me, pid_start=start, host=host), "failed"),
+        "pid reused by another process": (dict(pid=me, pid_start=(start or 0) + 1, host=host, heartbeat=now), "failed"),
+        "another machine, fresh": (dict(pid=999_999_999, host="elsewhere", heartbeat=now), "running"),
+        "another machine, stale": (dict(pid=999_999_999, host="elsewhere", heartbeat=now - 1000), "failed"),
+    }
+    for name, (fields, expected) in cases.items():
+        _status(tmp_path / "case", **fields)
+        status = read_status(tmp_path / "case")
+        assert status["state"] == expected, (name, status)
+        if expected == "failed":
+            assert "resume" in status["message"], status
+
+    # a process that exited but was never reaped (a zombie) is dead, and so is a reaped one
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 60
+    while runs_mod._proc_stat(child.pid)[0] != "Z" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _status(tmp_path / "zombie", pid=child.pid, pid_start=runs_mod._process_start(child.pid), host=host,
+            heartbeat=time.time())
+    assert read_status(tmp_path / "zombie")["state"] == "failed"
+    child.wait()
+    assert read_status(tmp_path / "zombie")["state"] == "failed"
