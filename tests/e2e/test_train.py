@@ -17,10 +17,9 @@ def fill(page, key: str, value) -> None:
 
 
 def start_training(page, app, name: str, epochs: int, batch_size: int) -> None:
-    """Fill the Train form (digits, a small MLP, defaults otherwise) and press Train; from then
+    """Fill the Train form (digits, defaults otherwise) and press Train; from then
     on the browser records the progress bar and the live curves (harness.recorded)."""
     open_view(page, app, "train", "Train")
-    fill(page, "train_hidden", "128")
     fill(page, "train_epochs", epochs)
     fill(page, "train_batch_size", batch_size)
     fill(page, "train_name", name)
@@ -30,7 +29,7 @@ def start_training(page, app, name: str, epochs: int, batch_size: int) -> None:
 
 
 def test_train_from_the_form(page, app, trained_run):
-    name, epochs = "form-run", 6
+    name, epochs = "form-run", 12
     start_training(page, app, name, epochs, batch_size=32)
     page.get_by_text(f"{name} finished {epochs} epochs").wait_for(timeout=TRAIN_S * 1000)
     harness.wait_idle(page)
@@ -39,7 +38,10 @@ def test_train_from_the_form(page, app, trained_run):
     seen_points = [r["points"] for r in rows if r["points"]]
     assert {r["epochs"] for r in rows if r["epochs"] is not None} == {epochs}
     assert seen_epochs == sorted(seen_epochs), seen_epochs
-    assert len(set(seen_epochs)) >= 3, f"the progress bar hardly moved: {sorted(set(seen_epochs))}"
+    # The bar advanced: it showed a part-way epoch and more than one value (it is redrawn
+    # once a second, so a fast epoch may be skipped).
+    assert len(set(seen_epochs)) >= 2 and any(0 < e < epochs for e in seen_epochs), \
+        f"the progress bar did not advance: {sorted(set(seen_epochs))}"
     assert seen_points and seen_points == sorted(seen_points) and seen_points[-1] > seen_points[0], \
         f"the live curves did not grow: {sorted(set(seen_points))}"
 
