@@ -288,6 +288,13 @@ def captioned_image(page, caption: str):
         has=page.get_by_text(caption, exact=True)).locator("img").first
 
 
+def image_digest(page, img) -> str:
+    """A short SHA-256 of the bytes of an <img> the page shows (equal digests: equal images)."""
+    import hashlib
+
+    return hashlib.sha256(image_bytes(page, img)).hexdigest()[:16]
+
+
 def image_bytes(page, img) -> bytes:
     """The bytes of an <img> the page shows (fetched from the server, as the browser does)."""
     src = img.get_attribute("src")

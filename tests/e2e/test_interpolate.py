@@ -49,7 +49,7 @@ def test_interpolate_endpoints_keyboard_slider_and_path(page, app, trained_run, 
 
     # The slider, moved with the keyboard: the decoded image at t changes.
     page.get_by_role("heading", name="Decoded at t = 0.50").wait_for()
-    before = harness.image_bytes(page, decoded_image(page))
+    before = harness.image_digest(page, decoded_image(page))
     slider = harness.keyed(page, "interp_t").get_by_role("slider")
     slider.focus()
     for _ in range(5):
@@ -57,22 +57,22 @@ def test_interpolate_endpoints_keyboard_slider_and_path(page, app, trained_run, 
     page.get_by_role("heading", name="Decoded at t = 0.45").wait_for()
     harness.wait_idle(page)
     assert slider.evaluate("e => e.value") == "0.45"
-    after = harness.image_bytes(page, decoded_image(page))
+    after = harness.image_digest(page, decoded_image(page))
     assert after != before, "the decoded image did not change when t moved from 0.50 to 0.45"
     assert "t=0.45" in page.url
     slider.press("End")
     page.get_by_role("heading", name="Decoded at t = 1.00").wait_for()
     harness.wait_idle(page)
-    at_b = harness.image_bytes(page, decoded_image(page))
+    at_b = harness.image_digest(page, decoded_image(page))
     assert at_b not in (before, after)
 
     # lerp -> slerp: the strip of decodes changes, and so does the path on the map.
-    strip_lerp = harness.image_bytes(page, strip_image(page))
+    strip_lerp = harness.image_digest(page, strip_image(page))
     harness.keyed(page, "interp_path").get_by_text("slerp", exact=True).click()
     page.wait_for_function("() => location.search.includes('path=slerp')")
     harness.wait_idle(page)
     assert harness.keyed(page, "interp_path").get_by_role("radio", name="slerp").is_checked()
-    strip_slerp = harness.image_bytes(page, strip_image(page))
+    strip_slerp = harness.image_digest(page, strip_image(page))
     assert strip_slerp != strip_lerp, "switching lerp -> slerp did not change the strip"
     assert "path (slerp)" in [t["name"] for t in harness.plotly_traces(chart)]
     harness.assert_no_traceback(page)

@@ -56,7 +56,7 @@ def test_latent_map_points_colour_by_elbo_and_select_a_point(page, app, trained_
     harness.screenshot(page, "latent-map-elbo")
 
     # Select a point by clicking it: its input and reconstruction are shown.
-    before_input = harness.image_bytes(page, harness.captioned_image(page, "input x (sample 0)"))
+    before_input = harness.image_digest(page, harness.captioned_image(page, "input x (sample 0)"))
     chart.scroll_into_view_if_needed()
     points = harness.sample_points(chart)
     i = harness.isolated_point(points, exclude={0})
@@ -67,8 +67,8 @@ def test_latent_map_points_colour_by_elbo_and_select_a_point(page, app, trained_
     shown = harness.captioned_image(page, f"input x (sample {i})")
     recon = harness.captioned_image(page, "reconstruction f(mu(x))")
     assert shown.is_visible() and recon.is_visible()
-    assert harness.image_bytes(page, shown) != before_input, "the input image did not change"
-    assert harness.image_bytes(page, recon) != harness.image_bytes(page, shown)
+    assert harness.image_digest(page, shown) != before_input, "the input image did not change"
+    assert harness.image_digest(page, recon) != harness.image_digest(page, shown)
     assert harness.keyed(page, "sample_index").locator("input").input_value() == str(i)
     assert f"sample={i}" in page.url
     harness.assert_no_traceback(page)

@@ -57,7 +57,7 @@ def test_url_round_trip_restores_run_view_and_endpoints(page, browser, app, trai
     page.get_by_role("heading", name="Decoded at t = 0.55").wait_for()
     harness.wait_idle(page)
     link = page.url
-    image = harness.image_bytes(page, decoded_image(page))
+    image = harness.image_digest(page, decoded_image(page))
 
     # The copied link, opened in a new browser session.
     context, other = new_page(browser)
@@ -70,7 +70,7 @@ def test_url_round_trip_restores_run_view_and_endpoints(page, browser, app, trai
         assert (endpoint(other, "a"), endpoint(other, "b")) == (5, 42)
         assert harness.keyed(other, "interp_path").get_by_role("radio", name="slerp").is_checked()
         assert harness.keyed(other, "interp_t").get_by_role("slider").evaluate("e => e.value") == "0.55"
-        assert harness.image_bytes(other, decoded_image(other)) == image, "a different image at the same t"
+        assert harness.image_digest(other, decoded_image(other)) == image, "a different image at the same t"
         harness.assert_no_traceback(other)
     finally:
         context.close()
