@@ -1,6 +1,7 @@
-"""Fixtures of the browser tests: one real Streamlit server and one Chromium for the whole
-session, a fresh browser context (a new Streamlit session) per test, and the app's first
-start on an empty runs folder, watched once and shared.
+"""Fixtures of the browser tests: one real Streamlit server and one Chromium for all of
+tests/e2e (package scope: both are stopped before the rest of the suite runs), a fresh
+browser context (a new Streamlit session) per test, and the app's first start on an empty
+runs folder, watched once and shared.
 
 The server starts on an empty temporary runs folder ($VAE_RUNS_DIR), so opening it the
 first time trains the default run (digits, 2-D latent) in the background: `first_start`
@@ -45,7 +46,7 @@ def pytest_runtest_makereport(item, call):
     setattr(item, f"rep_{rep.when}", rep)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def app(tmp_path_factory) -> App:
     """`streamlit run explorer/app.py` on a free loopback port with an empty runs folder."""
     base = tmp_path_factory.mktemp("e2e")
@@ -56,7 +57,7 @@ def app(tmp_path_factory) -> App:
     (harness.ARTIFACTS / "streamlit.log").write_text(server.log_tail(2000))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser():
     from playwright.sync_api import sync_playwright
 
@@ -126,7 +127,7 @@ class FirstStart:
     url: str = ""
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def first_start(app, browser, screenshot_dirs) -> FirstStart:
     """Open the app once on its empty runs folder, without clicking, and record what is shown
     until the latent map appears (tests/e2e/test_first_start.py checks the record)."""
@@ -165,7 +166,7 @@ class TrainedRun:
     path: Path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def trained_run(app, first_start) -> TrainedRun:
     """The default run the first start trained (done), for the tests that only read it."""
     path = app.runs_dir / DEFAULT_RUN
