@@ -45,8 +45,11 @@ chromium:
 # The whole suite in one pytest process: unit and AppTest tests, then the browser tests
 # (tests/e2e, one Streamlit server and one Chromium shared by all of them). pytest's exit
 # status 5 (no tests collected) is a failure.
+# Its temporary files go to a folder of its own (pytest prunes the shared
+# /tmp/pytest-of-USER/pytest-N folders of runs that are still going when several run at once).
 test: install-dev chromium
-	@$(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
+	@tmp=$$(mktemp -d /tmp/vae-pytest-XXXXXX); \
+	$(PY) -m pytest --basetemp="$$tmp/base" $(PYTEST_ARGS); status=$$?; rm -rf "$$tmp"; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests: failing" >&2; exit 1; fi; \
 	exit $$status
 
