@@ -25,21 +25,36 @@ from .common import Context, percentile
 from .small import ROOT
 
 # Installed in the page: record when the pointer is released, and when an <img> finishes
-# loading a source it had not shown before (load events do not bubble: capture them).
+# loading a source that was not on the page before that release (load events do not
+# bubble: capture them). A source shown earlier still loads again, from the cache.
 _RECORDER = """() => {
   if (window.__bench) return;
-  const seen = new Set(Array.from(document.images).map(i => i.currentSrc || i.src));
-  window.__bench = {up: 0, loaded: []};
+  window.__bench = {up: 0, before: new Set(), loaded: []};
   // react-aria's slider cancels the compatibility mouse events: the release is a pointerup.
-  document.addEventListener('pointerup', () => { window.__bench.up = performance.now(); }, true);
+  document.addEventListener('pointerup', () => {
+    window.__bench.up = performance.now();
+    window.__bench.before = new Set(Array.from(document.images).map(i => i.currentSrc || i.src));
+  }, true);
   document.addEventListener('load', e => {
     const el = e.target;
-    if (el && el.tagName === 'IMG') {
-      const src = el.currentSrc || el.src;
-      if (!seen.has(src)) { seen.add(src); window.__bench.loaded.push(performance.now()); }
+    if (el && el.tagName === 'IMG' && !window.__bench.before.has(el.currentSrc || el.src)) {
+      window.__bench.loaded.push(performance.now());
     }
   }, true);
 }"""
+
+
+def slider_targets(moves: int, start: float = 0.5, min_jump: float = 0.15) -> list[float]:
+    """Where to release the slider: positions in (0.05, 0.95) spread by the golden ratio, each
+    at least `min_jump` from the one before, so that every move shows a different image."""
+    out, prev, i = [], start, 0
+    while len(out) < moves:
+        t = 0.05 + 0.9 * ((i * 0.618034) % 1.0)
+        i += 1
+        if abs(t - prev) >= min_jump:
+            out.append(t)
+            prev = t
+    return out
 
 
 def _say(message: str) -> None:
@@ -167,7 +182,7 @@ def section_6(ctx: Context) -> None:
 
 def _slider_moves(page, app, moves: int) -> list[float]:
     """Click the Interpolate page's t slider at `moves` places along its track; for each, the
-    milliseconds from the mouse release to the new decoded image loaded."""
+    milliseconds from the pointer release to the new decoded image loaded."""
     from tests.e2e import harness
 
     page.goto(f"{app.url}/interpolate?run=digits-2d")
@@ -178,9 +193,8 @@ def _slider_moves(page, app, moves: int) -> list[float]:
     slider.scroll_into_view_if_needed()
     page.evaluate(_RECORDER)
     out = []
-    for i in range(moves):
+    for frac in slider_targets(moves):
         box = slider.bounding_box()
-        frac = 0.1 + 0.8 * ((i * 0.382) % 1.0)  # spread over the track, never the same place twice
         x, y = box["x"] + frac * box["width"], box["y"] + box["height"] / 2
         page.evaluate("() => { window.__bench.up = 0; window.__bench.loaded = []; }")
         page.mouse.click(x, y)

@@ -390,10 +390,14 @@ def launch(nproc: int, argv: list[str]) -> int:
     try:
         run(args)
     except ChildFailedError as e:
-        # rank 0 speaks for the run; else the process that failed first
-        rank = 0 if 0 in e.failures else e.get_first_failure()[0]
-        code = e.failures[rank].exitcode
-        return code if code > 0 else 1  # < 0: killed by a signal
+        # Rank 0 speaks for the run; else the process that failed first. A rank that torchrun
+        # stopped (SIGTERM, exit code < 0) after another had failed is not the cause: when
+        # rank 0 reported an error and exited a moment after rank 1, torchrun may have
+        # signalled rank 0 on its way out.
+        exited = {r: f.exitcode for r, f in e.failures.items() if f.exitcode > 0}
+        if not exited:
+            return 1  # every failed process was killed by a signal
+        return exited[0] if 0 in exited else exited[min(exited, key=lambda r: e.failures[r].timestamp)]
     except SignalException:  # Ctrl-C or SIGTERM to this launcher: torchrun passed it on to the ranks,
         return 130  # which stopped after the same step (rank 0 marked the run cancelled)
     return 0

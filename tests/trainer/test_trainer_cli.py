@@ -90,6 +90,14 @@ def write_bad_file(tmp_path, kind: str):
         p = tmp_path / "obj.npy"
         np.save(p, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
         return p, ["obj.npy", "unpickling"]
+    if kind == "text named npz":
+        p = tmp_path / "notes.npz"
+        p.write_text("These are not the arrays you are looking for.\n")
+        return p, ["notes.npz", "not a .npz file", "np.savez"]
+    if kind == "text named npy":
+        p = tmp_path / "notes.npy"
+        p.write_text("1,2,3\n4,5,6\n")
+        return p, ["notes.npy", "not a .npy file", "np.save"]
     if kind == "labels do not match":
         p = tmp_path / "ylen.npz"
         np.savez(p, x=np.zeros((5, 3)), y=np.arange(4))
@@ -132,7 +140,8 @@ def write_bad_file(tmp_path, kind: str):
 
 
 BAD_FILES = ["empty file", "ragged csv", "non-numeric csv", "nan in csv", "inf in npy", "nan in npz",
-             "1-d array", "5-d array", "text in npy", "npz without x", "object npy", "labels do not match",
+             "1-d array", "5-d array", "text in npy", "npz without x", "object npy", "text named npz",
+             "text named npy", "labels do not match",
              "idx labels do not match", "truncated idx", "damaged idx.gz", "unreadable image",
              "images of different sizes", "folder without images", "unknown file type"]
 
