@@ -31,11 +31,9 @@ from __future__ import annotations
 
 import atexit
 import json
-import math
 import os
 import signal
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +48,7 @@ from .data import Dataset, load_dataset
 from .elbo import elbo_terms
 from .errors import TrainerError
 from .model import VAE
-from .train import Callbacks, Trainer, kl_weight, pick_device, set_threads
+from .train import Callbacks, Trainer, pick_device, set_threads
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # elbo.active_units' rule: Cov_x(E_q[z_j]) above this
 
@@ -232,57 +230,32 @@ class DistributedTrainer(Trainer):
             self.load_state_tensors({k: v for k, v in state.items() if not k.startswith("model.")})
             self.epoch, self.step = counters["epoch"], counters["step"]
 
-    def run(self, callbacks: Callbacks = Callbacks()) -> str:
-        """Trainer.run with each global batch shared out; returns "done" or "cancelled";
-        raises NonFiniteLoss (on every rank at the same step) if the loss stops being finite."""
+    # Trainer.run's loop, with each global batch shared out:
+    def before_run(self) -> None:
         self.sync_from_rank0()
-        cfg, model, ddp = self.cfg, self.model, self.ddp
-        W, r = self.dist.world_size, self.dist.rank
-        B, M = cfg.train.batch_size, cfg.train.mc_samples
-        n = len(self.x_train)
-        n_batches = math.ceil(n / B)
-        eps_dtype = next(model.parameters()).dtype
-        model.train()
-        while self.epoch < cfg.train.epochs:
-            t0 = time.perf_counter()
-            perm = torch.randperm(n, generator=self.gen_shuffle).to(self.device)
-            sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # recon, kl, elbo, objective
-            for i in range(n_batches):
-                batch = perm[i * B:(i + 1) * B]  # the global batch, the same on every rank
-                b = len(batch)
-                # the global batch's noise, drawn as one process draws it in elbo_terms
-                eps = torch.randn((M, b, model.latent_dim), generator=self.gen_eps, device=self.device,
-                                  dtype=eps_dtype)
-                lo, hi = share(b, W, r)
-                # A rank without rows this step still takes part in DDP's gradient all-reduce:
-                # it runs one row with weight 0 (a zero gradient).
-                rows, weight = (slice(lo, hi), W / b) if hi > lo else (slice(0, 1), 0.0)
-                xb = self.x_train.index_select(0, batch[rows])
-                terms = ddp(xb, eps[:, rows])
-                w = kl_weight(cfg, self.epoch, (i + 1) / n_batches)
-                objective = terms["recon"] - w * terms["kl"]  # (n_r,), what training maximises
-                loss = -objective.sum() * weight  # DDP's mean over ranks: -mean over the global batch
-                self.optimizer.zero_grad(set_to_none=True)
-                with collective("averaging gradients"):
-                    loss.backward()
-                not_finite, stop = any_rank(not math.isfinite(float(loss.detach())), callbacks.should_stop())
-                if not_finite:
-                    raise self.nonfinite_loss()
-                self.optimizer.step()
-                self.step += 1
-                if weight:
-                    with torch.no_grad():
-                        sums += torch.stack([terms["recon"].sum(), terms["kl"].sum(), terms["elbo"].sum(),
-                                             objective.sum()]).double()
-                callbacks.on_step(self.step, self.epoch, i, n_batches)
-                if stop:
-                    return "cancelled"
-            train_time = time.perf_counter() - t0
-            self.epoch += 1
-            all_reduce_sum(sums)
-            test = evaluate_shared(model, self.x_test, self.dist, 1, seed=cfg.train.seed + 3)
-            callbacks.on_epoch(self.epoch_row((sums / n).tolist(), n, train_time, test))
-        return "done"
+
+    def batch_terms(self, batch: torch.Tensor, eps: torch.Tensor) -> tuple[dict[str, torch.Tensor], float]:
+        """This rank's share of the global batch (and of its noise eps, drawn alike on every
+        rank). A rank without rows this step still takes part in DDP's gradient all-reduce:
+        it runs one row with weight 0 (a zero gradient). DDP averages the gradients over the
+        W ranks, so a weight of W/b makes the result the gradient of the global batch mean."""
+        b, W = len(batch), self.dist.world_size
+        lo, hi = share(b, W, self.dist.rank)
+        rows, weight = (slice(lo, hi), W / b) if hi > lo else (slice(0, 1), 0.0)
+        xb = self.x_train.index_select(0, batch[rows])
+        return self.ddp(xb, eps[:, rows]), weight
+
+    def backward(self, loss: torch.Tensor) -> None:
+        with collective("averaging gradients"):
+            loss.backward()
+
+    def agree(self, not_finite: bool, stop: bool) -> tuple[bool, bool]:
+        not_finite, stop = any_rank(not_finite, stop)  # one all-reduce a step
+        return not_finite, stop
+
+    def end_of_epoch(self, sums: torch.Tensor) -> dict:
+        all_reduce_sum(sums)
+        return evaluate_shared(self.model, self.x_test, self.dist, 1, seed=self.cfg.train.seed + 3)
 
 
 @torch.no_grad()
@@ -394,10 +367,11 @@ def launch(nproc: int, argv: list[str]) -> int:
         # stopped (SIGTERM, exit code < 0) after another had failed is not the cause: when
         # rank 0 reported an error and exited a moment after rank 1, torchrun may have
         # signalled rank 0 on its way out.
-        exited = {r: f.exitcode for r, f in e.failures.items() if f.exitcode > 0}
+        failures = e.failures
+        exited = {r: f.exitcode for r, f in failures.items() if f.exitcode > 0}
         if not exited:
             return 1  # every failed process was killed by a signal
-        return exited[0] if 0 in exited else exited[min(exited, key=lambda r: e.failures[r].timestamp)]
+        return exited[0] if 0 in exited else exited[min(exited, key=lambda r: failures[r].timestamp)]
     except SignalException:  # Ctrl-C or SIGTERM to this launcher: torchrun passed it on to the ranks,
         return 130  # which stopped after the same step (rank 0 marked the run cancelled)
     return 0

@@ -126,44 +126,76 @@ class Trainer:
 
     def nonfinite_loss(self) -> NonFiniteLoss:
         return NonFiniteLoss(
-            f"the loss became non-finite at epoch {self.epoch + 1}, step {self.step + 1}: "
+            f"the loss became non-finite at epoch {self.epoch + 1}, step {self.step}: "
             f"lower the learning rate (now {self.cfg.train.lr:g}); the last good checkpoint is kept")
 
     def run(self, callbacks: Callbacks = Callbacks()) -> str:
         """Train until cfg.train.epochs are done or callbacks.should_stop(); returns
-        "done" or "cancelled". Raises NonFiniteLoss if the loss stops being finite."""
+        "done" or "cancelled". Raises NonFiniteLoss if the loss stops being finite.
+        trainer.distributed.DistributedTrainer runs this same loop, overriding the four
+        methods below it that differ when several processes share each batch."""
         cfg, model = self.cfg, self.model
-        B, M = cfg.train.batch_size, cfg.train.mc_samples
+        B, M, d = cfg.train.batch_size, cfg.train.mc_samples, model.latent_dim
         n = len(self.x_train)
         n_batches = math.ceil(n / B)
+        eps_dtype = next(model.parameters()).dtype
+        self.before_run()
         model.train()
         while self.epoch < cfg.train.epochs:
             t0 = time.perf_counter()
             perm = torch.randperm(n, generator=self.gen_shuffle).to(self.device)
             sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # recon, kl, elbo, objective
             for i in range(n_batches):
-                xb = self.x_train.index_select(0, perm[i * B:(i + 1) * B])
-                terms = elbo_terms(model, xb, M, self.gen_eps)
+                batch = perm[i * B:(i + 1) * B]  # (b,) indices of this step's batch
+                # eps ~ N(0, I) for the reparameterization z = mu + sigma * eps (eq 1.24): (M, b, d)
+                eps = torch.randn((M, len(batch), d), generator=self.gen_eps, device=self.device,
+                                  dtype=eps_dtype)
+                terms, weight = self.batch_terms(batch, eps)  # per-sample terms of this process's rows
                 w = kl_weight(cfg, self.epoch, (i + 1) / n_batches)
-                objective = terms["recon"] - w * terms["kl"]  # (N,), what training maximises
-                loss = -objective.mean()
+                objective = terms["recon"] - w * terms["kl"]  # (rows,), what training maximises
+                loss = -objective.sum() * weight  # minus the objective's mean over the batch
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if not math.isfinite(float(loss.detach())):
-                    raise self.nonfinite_loss()
-                self.optimizer.step()
+                self.backward(loss)
+                finite = math.isfinite(float(loss.detach()))
+                if finite:  # a non-finite loss is reported below, after the step's callbacks
+                    self.optimizer.step()
                 self.step += 1
-                with torch.no_grad():
-                    sums += torch.stack([terms["recon"].sum(), terms["kl"].sum(), terms["elbo"].sum(),
-                                         objective.sum()]).double()
+                if weight:
+                    with torch.no_grad():
+                        sums += torch.stack([terms["recon"].sum(), terms["kl"].sum(), terms["elbo"].sum(),
+                                             objective.sum()]).double()
                 callbacks.on_step(self.step, self.epoch, i, n_batches)
-                if callbacks.should_stop():
+                not_finite, stop = self.agree(not finite, callbacks.should_stop())
+                if not_finite:
+                    raise self.nonfinite_loss()
+                if stop:
                     return "cancelled"
             train_time = time.perf_counter() - t0
             self.epoch += 1
-            test = evaluate(model, self.x_test, 1, seed=cfg.train.seed + 3)
+            test = self.end_of_epoch(sums)
             callbacks.on_epoch(self.epoch_row((sums / n).tolist(), n, train_time, test))
         return "done"
+
+    # -- what differs when several processes share each batch (trainer.distributed) -------
+    def before_run(self) -> None:
+        """Called once at the start of run()."""
+
+    def batch_terms(self, batch: torch.Tensor, eps: torch.Tensor) -> tuple[dict[str, torch.Tensor], float]:
+        """ELBO terms of the rows of `batch` this process computes, and the weight that turns
+        their objective's sum into the batch mean: all rows, 1/b."""
+        xb = self.x_train.index_select(0, batch)  # (b, *shape)
+        return elbo_terms(self.model, xb, eps=eps), 1.0 / len(batch)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def agree(self, not_finite: bool, stop: bool) -> tuple[bool, bool]:
+        """Whether to raise NonFiniteLoss and whether to stop, as every process must decide alike."""
+        return not_finite, stop
+
+    def end_of_epoch(self, sums: torch.Tensor) -> dict:
+        """The test split's metrics; `sums` (the epoch's training sums) are complete here."""
+        return evaluate(self.model, self.x_test, 1, seed=self.cfg.train.seed + 3)
 
     def epoch_row(self, s: list[float], n: int, train_time: float, test: dict) -> dict:
         """The metrics row of the epoch just finished (also used by trainer.distributed).
