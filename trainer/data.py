@@ -5,8 +5,9 @@ A data spec is a string:
              "name:key=value,...", e.g. "linear-gaussian:d=8,sigma=0.5,n=20000".
   a file     "path/to/x.npz" (array x, optional y), ".npy", ".csv", a folder of PNG/JPEG
              images, or MNIST-format IDX files (raw or .gz); options after a last ':',
-             e.g. "photos/:size=28" resizes images to 28x28. A .npy larger than 2 GiB (or
-             with option mmap=1) stays on disk and is read a batch at a time (trainer.mapped).
+             e.g. "photos/:size=28" resizes images to 28x28. A .npy larger than 2 GiB, or a
+             folder whose images decoded are (or either with option mmap=1), stays on disk and
+             is read a batch at a time (trainer.mapped); such a folder is only indexed up front.
 
 `load_dataset(spec, seed)` returns a `Dataset` with a deterministic train/test split drawn
 from the seed. Images are scaled to [0, 1]; other numeric data is kept in its own units
@@ -31,7 +32,7 @@ import torch
 
 from . import examples
 from .errors import TrainerError
-from .mapped import MappedRows, use_mmap
+from .mapped import ImageFiles, MappedRows, image_read_errors, use_mmap
 
 BUILTINS = ("digits", "shapes", "gmm2d", "linear-gaussian")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -42,7 +43,7 @@ MAX_GENERATED_VALUES = 1 << 27  # a built-in data set of more values (n x D) is 
 @dataclass
 class Dataset:
     name: str  # the spec it was loaded from
-    x_train: torch.Tensor | MappedRows  # (N_train, *shape) float32; MappedRows: a large .npy read in batches
+    x_train: torch.Tensor | MappedRows  # (N_train, *shape) float32; MappedRows: a large .npy or image folder read in batches
     x_test: torch.Tensor | MappedRows  # (N_test, *shape) float32
     y_train: np.ndarray | None = None  # (N_train, F) labels or known factors, or None
     y_test: np.ndarray | None = None  # (N_test, F)
@@ -444,10 +445,18 @@ def _load_idx_pair(p: Path):
 
 
 def _load_image_folder(folder: Path, options: dict):
-    """PNG/JPEG files in a folder; files in subfolders take the subfolder's name as label."""
-    from PIL import Image, UnidentifiedImageError
+    """PNG/JPEG files in a folder; files in subfolders take the subfolder's name as label.
+
+    The folder is indexed first: each file's header only (size and mode, no pixels). Images
+    larger than mapped.use_mmap's threshold once decoded (N*C*H*W bytes), or any size with
+    option mmap=1, stay on disk and are decoded a batch at a time (MappedRows over
+    ImageFiles); otherwise they are decoded now into one array, through the same ImageFiles."""
+    from PIL import Image
 
     size_opt = options.pop("size", None)
+    mmap_option = options.pop("mmap", None)
+    if mmap_option is not None:
+        use_mmap(folder, mmap_option)  # a bad value is refused before the folder is indexed
     size = None
     if size_opt is not None:
         h, _, w = size_opt.lower().partition("x")
@@ -460,35 +469,33 @@ def _load_image_folder(folder: Path, options: dict):
     files = sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise TrainerError(f"{folder}: the folder has no PNG or JPEG images")
-    images, modes = [], set()
+    modes, sizes = set(), set()
     for f in files:
         try:
-            with Image.open(f) as im:
-                im.load()
+            with Image.open(f) as im:  # reads the header only: size and mode
                 modes.add("L" if im.mode in ("1", "L", "I;16", "I", "LA") else "RGB")
-                images.append((f, im.copy()))
-        except (UnidentifiedImageError, OSError, ValueError) as e:
+                sizes.add(im.size)
+        except image_read_errors() as e:
             raise TrainerError(f"{f}: cannot read the image ({type(e).__name__})") from None
     mode = "L" if modes == {"L"} else "RGB"
-    sizes = {im.size for _, im in images}
     if size is None and len(sizes) > 1:
         (a, b) = sorted(sizes)[:2]
         raise TrainerError(f"{folder}: images have different sizes ({a[1]}x{a[0]} and {b[1]}x{b[0]}): "
                            f"add ':size=H' or ':size=HxW' to the spec to resize them")
-    arrays = []
-    for _, im in images:
-        im = im.convert(mode)
-        if size is not None and im.size != (size[1], size[0]):
-            im = im.resize((size[1], size[0]), Image.BILINEAR)
-        arrays.append(np.asarray(im, dtype=np.uint8))
-    x = np.stack(arrays)
-    x = x[:, None] if mode == "L" else np.moveaxis(x, -1, 1)
-    classes = sorted({f.parent.relative_to(folder).as_posix() for f, _ in images})
+    if size is None:
+        w, h = next(iter(sizes))
+        size = (h, w)
+    images = ImageFiles(files, mode, size, resize=size_opt is not None)
+    classes = sorted({f.parent.relative_to(folder).as_posix() for f in files})
     y = None
     if classes != ["."]:
         index = {c: i for i, c in enumerate(classes)}
-        y = np.array([index[f.parent.relative_to(folder).as_posix()] for f, _ in images], dtype=np.float64)[:, None]
-    return x.astype(np.float32) / 255.0, y, (["folder"] if y is not None else []), True
+        y = np.array([index[f.parent.relative_to(folder).as_posix()] for f in files], dtype=np.float64)[:, None]
+    label_names = ["folder"] if y is not None else []
+    if use_mmap(folder, mmap_option, images.nbytes):
+        # uint8 by construction: always finite and within 0..255, so no check pass
+        return MappedRows(images, from_255=True, name=str(folder)), y, label_names, True
+    return images[:].astype(np.float32) / 255.0, y, label_names, True
 
 
 def check_likelihood(data: Dataset, likelihood: str) -> None:

@@ -1,4 +1,5 @@
-"""Data larger than memory: the rows of a memory-mapped `.npy`, read a batch at a time.
+"""Data larger than memory: the rows of a memory-mapped `.npy`, or of a folder of images
+(`ImageFiles`), read a batch at a time.
 
 `MappedRows` stands where `Dataset.x_train` / `x_test` are otherwise one tensor. It offers
 the few tensor operations the trainer uses, each reading only the rows it needs:
@@ -14,11 +15,14 @@ the few tensor operations the trainer uses, each reading only the rows it needs:
     x.column_stats()                mean and variance of each value (chunks), for init_from_data
     x.chunks()                      the rows in order, a chunk at a time
 
-When a `.npy` is opened this way (see `use_mmap`): files larger than
-`DEFAULT_THRESHOLD_BYTES`, or the threshold in the environment variable VAE_MMAP_BYTES, or
-any size with the data-spec option `mmap=1` (`mmap=0` always loads the file whole).
-Values are converted exactly as the in-memory path converts them (float32; integer images
-divided by 255), so a run trains on the same numbers either way.
+When data is read this way (see `use_mmap`): a `.npy` file, or a folder's images decoded
+(N*C*H*W bytes), larger than `DEFAULT_THRESHOLD_BYTES` or the threshold in the environment
+variable VAE_MMAP_BYTES, or any size with the data-spec option `mmap=1` (`mmap=0` always
+loads the data whole). A folder read this way is only indexed up front (each file's header:
+size and mode); `ImageFiles` decodes the images of a batch when it is read. Values are
+converted exactly as the in-memory path converts them (float32; integer images divided by
+255; an image folder's in-memory path decodes through `ImageFiles` too), so a run trains on
+the same numbers either way.
 """
 
 from __future__ import annotations
@@ -37,9 +41,10 @@ THRESHOLD_ENV = "VAE_MMAP_BYTES"  # environment variable overriding the threshol
 CHUNK_BYTES = 8 << 20  # a chunk of a full pass (checks, statistics) holds about this much float32
 
 
-def use_mmap(path: Path, option: str | None) -> bool:
-    """Whether to read the .npy at `path` in batches: the spec option `mmap=0|1` decides if
-    given, else the file's size against the threshold."""
+def use_mmap(path: Path, option: str | None, nbytes: int | None = None) -> bool:
+    """Whether to read the data at `path` in batches: the spec option `mmap=0|1` decides if
+    given, else its size against the threshold: `nbytes` (an image folder's decoded size),
+    or the file's size."""
     if option is not None:
         if option not in ("0", "1"):
             raise TrainerError(f"{path}: option mmap={option!r} must be 0 (load whole) or 1 (read in batches)")
@@ -49,15 +54,90 @@ def use_mmap(path: Path, option: str | None) -> bool:
         threshold = int(raw) if raw else DEFAULT_THRESHOLD_BYTES
     except ValueError:
         raise TrainerError(f"{THRESHOLD_ENV}={raw!r} must be a number of bytes, e.g. 1000000000") from None
-    return path.stat().st_size > threshold
+    return (path.stat().st_size if nbytes is None else nbytes) > threshold
+
+
+IMAGE_READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError)  # PIL's ways of refusing a file
+
+
+def image_read_errors() -> tuple[type[BaseException], ...]:
+    """IMAGE_READ_ERRORS and PIL's DecompressionBombError (an image of too many pixels)."""
+    from PIL import Image
+
+    return (*IMAGE_READ_ERRORS, Image.DecompressionBombError)
+
+
+class ImageFiles:
+    """A folder's images as a read-only uint8 array (N, C, H, W), each file decoded when read.
+
+    Only the file list, the mode and the size are held: `x[i:j]` and `x[sorted_int_array]`
+    open, decode, convert (to "L" or "RGB") and, with a size option, resize each image
+    (bilinear), as the in-memory path does (it decodes through this class too). An image
+    that cannot be decoded, or that changed size since it was indexed, is a TrainerError
+    naming the file."""
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __init__(self, files: list[Path], mode: str, size: tuple[int, int], resize: bool):
+        if mode not in ("L", "RGB"):
+            raise ValueError(f"mode must be 'L' or 'RGB', not {mode!r}")
+        self.files = [Path(f) for f in files]
+        self.mode = mode  # every image is converted to this mode
+        self.size = (int(size[0]), int(size[1]))  # (H, W)
+        self.resize = resize  # the size option: resize images of another size (else refuse them)
+        self.shape = (len(self.files), 1 if mode == "L" else 3, *self.size)
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self.decode(int(key))
+        if isinstance(key, slice):
+            index = range(*key.indices(len(self)))
+        else:
+            index = np.asarray(key)
+            if index.ndim != 1 or not np.issubdtype(index.dtype, np.integer):
+                raise TypeError("ImageFiles supports x[i], x[i:j] and x[integer array]")
+        out = np.empty((len(index), *self.shape[1:]), dtype=np.uint8)
+        for k, i in enumerate(index):
+            out[k] = self.decode(int(i))
+        return out
+
+    def decode(self, i: int) -> np.ndarray:
+        """Image i as uint8 (C, H, W)."""
+        from PIL import Image
+
+        f = self.files[i]
+        h, w = self.size
+        try:
+            with Image.open(f) as im:
+                im = im.convert(self.mode)  # reads and decodes the pixels
+                if im.size != (w, h):
+                    if not self.resize:
+                        raise TrainerError(f"{f}: the image is now {im.size[1]}x{im.size[0]} pixels, it was "
+                                           f"{h}x{w} when the folder was read: load the data again")
+                    im = im.resize((w, h), Image.BILINEAR)
+                a = np.asarray(im, dtype=np.uint8)
+        except TrainerError:
+            raise
+        except image_read_errors() as e:
+            raise TrainerError(f"{f}: cannot read the image ({type(e).__name__})") from None
+        return a[None] if self.mode == "L" else np.moveaxis(a, -1, 0)
 
 
 class MappedRows:
-    """Selected rows of an array on disk (np.memmap or a view of one), read on demand."""
+    """Selected rows of an array on disk (np.memmap or a view of one, or ImageFiles), read
+    on demand."""
 
     def __init__(self, array: np.ndarray, rows: np.ndarray | None = None, from_255: bool = False,
                  device: torch.device | str = "cpu", name: str = ""):
-        self.array = array  # (N_file, *shape) a memory-mapped array, never read whole
+        self.array = array  # (N_file, *shape) a memory-mapped array or ImageFiles, never read whole
         self.rows = np.arange(len(array)) if rows is None else np.asarray(rows, dtype=np.int64)  # (N,) sorted
         self.from_255 = from_255  # integer images: divide by 255 after the float32 conversion
         self.device = torch.device(device)
@@ -169,4 +249,4 @@ class MappedRows:
         return self._min_max
 
 
-__all__ = ["MappedRows", "use_mmap", "DEFAULT_THRESHOLD_BYTES", "THRESHOLD_ENV"]
+__all__ = ["MappedRows", "ImageFiles", "use_mmap", "DEFAULT_THRESHOLD_BYTES", "THRESHOLD_ENV"]
