@@ -183,7 +183,7 @@ def read_status(run_dir: Path) -> dict | None:
     age = time.time() - beat if isinstance(beat, (int, float)) and math.isfinite(beat) else math.inf
     pid = status.get("pid")
     same_host = status.get("host") in (None, socket.gethostname())
-    if pid is not None and same_host and not _process_alive(pid, status.get("pid_start")):
+    if pid is not None and same_host and not process_alive(pid, status.get("pid_start")):
         why = f"the training process (pid {pid}) stopped without finishing"
     elif age > HEARTBEAT_STALE_S:
         why = f"the training process sent no heartbeat for {age:.0f} s" if age != math.inf else \
@@ -214,9 +214,12 @@ def _process_start(pid: Any) -> int | None:
         return None
 
 
-def _process_alive(pid: Any, start: Any = None) -> bool:
+def process_alive(pid: Any, start: Any = None) -> bool:
     """Whether `pid` is a live process (not a zombie) and, if `start` is known, the same
-    process that wrote the status (not a later one that reused the pid)."""
+    process that wrote the status (not a later one that reused the pid). The one liveness
+    check: explorer.services.job_slot.alive is this check for start=None, copied there only
+    because a queued job must not import torch (tests/reliability/test_liveness.py
+    checks that both agree)."""
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False
     try:

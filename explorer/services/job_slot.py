@@ -37,17 +37,23 @@ def _read_json(path: Path) -> dict | None:
 
 
 def alive(pid: object) -> bool:
-    """Whether `pid` is a live process (a zombie counts as finished)."""
+    """Whether `pid` is a live process (a zombie counts as finished).
+
+    The same check as trainer.runs.process_alive(pid), the one liveness check, repeated here
+    only because importing trainer.runs imports torch (seconds and some 200 MB for every
+    queued job); tests/reliability/test_liveness.py checks that both answer alike."""
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OverflowError):
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except PermissionError:
+        pass  # exists, owned by someone else
+    except OverflowError:
+        return False  # larger than any pid
+    try:  # Linux: a zombie has exited but was not reaped by its parent
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
 
