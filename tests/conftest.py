@@ -23,6 +23,6 @@ def digits_run(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("runs") / "digits-2d"
     cfg = RunConfig(data="digits")
-    cfg.train.epochs, cfg.train.threads = 5, 1
+    cfg.train.epochs, cfg.train.threads = 10, 1
     fit(cfg, out)
     return out

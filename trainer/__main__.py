@@ -12,6 +12,7 @@ import math
 import sys
 import time
 
+from .config import ModelConfig
 from .errors import TrainerError
 
 
@@ -50,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--data", default="digits", help="data spec: digits, shapes, gmm2d, linear-gaussian[:opts] or a file")
     f.add_argument("--out", required=True, help="run folder to write")
     f.add_argument("--arch", choices=["mlp", "conv", "linear"], default="mlp")
-    f.add_argument("--hidden", type=_int_list, default=[512, 256], help="mlp hidden sizes, e.g. 512,256")
+    f.add_argument("--hidden", type=_int_list, default=ModelConfig().hidden,
+                   help=f"mlp hidden sizes (default {','.join(map(str, ModelConfig().hidden))}); "
+                        "MNIST-sized images: e.g. 512,256")
     f.add_argument("--latent-dim", type=int, default=2)
     f.add_argument("--likelihood", choices=["gaussian", "bernoulli"], default="gaussian")
     f.add_argument("--sigma-dec", type=_sigma_dec, default="learned", help="'learned' or a fixed value")

@@ -21,7 +21,9 @@ LIKELIHOODS = ("gaussian", "bernoulli")
 @dataclass
 class ModelConfig:
     arch: str = "mlp"  # "mlp" | "conv" | "linear" (see model.ARCHITECTURES)
-    hidden: list[int] = field(default_factory=lambda: [512, 256])  # mlp hidden sizes, encoder order
+    # mlp hidden sizes, encoder order. 256,128 fits the built-in data: on digits it reaches the
+    # held-out ELBO of 512,256 (within seed-to-seed spread) in about half the time an epoch takes.
+    hidden: list[int] = field(default_factory=lambda: [256, 128])
     latent_dim: int = 2  # d, the size of z
     likelihood: str = "gaussian"  # p(x|z): "gaussian" (eq 1.29) or "bernoulli" (logits)
     sigma_dec: float | str = "learned"  # gaussian only: a fixed float, or "learned" (log-space scalar)

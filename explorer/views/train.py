@@ -56,7 +56,7 @@ def config_from_form(v: dict) -> RunConfig:
     data = v["data"] + (f":{v['options'].strip()}" if v.get("options", "").strip() else "")
     cfg = RunConfig(
         data=data,
-        model=ModelConfig(arch=v["arch"], hidden=hidden or [512, 256], latent_dim=int(v["latent_dim"]),
+        model=ModelConfig(arch=v["arch"], hidden=hidden or ModelConfig().hidden, latent_dim=int(v["latent_dim"]),
                           likelihood=v["likelihood"],
                           sigma_dec="learned" if v["sigma_mode"] == "learned" else float(v["sigma_value"])),
         train=TrainConfig(epochs=int(v["epochs"]), batch_size=int(v["batch_size"]), lr=float(v["lr"]),
@@ -148,7 +148,9 @@ def main() -> None:
         arch = c1.selectbox("Architecture", ["mlp", "conv", "linear"], key="train_arch",
                             help="mlp: fully connected; conv: convolutional (images); linear: affine "
                                  "encoder and decoder (the linear Gaussian examples).")
-        hidden = c2.text_input("Hidden sizes (mlp)", "512,256", key="train_hidden")
+        hidden = c2.text_input("Hidden sizes (mlp)", ",".join(map(str, ModelConfig().hidden)), key="train_hidden",
+                               help="Units per hidden layer of the encoder (the decoder mirrors them). "
+                                    "The default suits digits; MNIST-sized images: e.g. 512,256.")
         latent_dim = c3.number_input("Latent size d", 1, 256, 2, key="train_latent_dim",
                                      help="The size of z; d = 2 draws the latent map without projection.")
         likelihood = c4.selectbox("Likelihood p(x|z)", ["gaussian", "bernoulli"], key="train_likelihood",

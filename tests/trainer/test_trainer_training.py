@@ -172,7 +172,7 @@ def test_metrics_rows_hold_the_documented_keys(tmp_path):
 
 
 def test_default_digits_run_has_its_latent_dimensions_active(digits_run):
-    """The default config (2-D latent, learned sigma_dec) after 5 epochs: both dimensions
+    """The default config (2-D latent, learned sigma_dec) after 10 epochs: both dimensions
     carry information (Burda's active units, and a clear KL per dimension)."""
     run = load_run(digits_run)
     assert run.config.model.latent_dim == 2 and run.config.model.sigma_dec == "learned"
