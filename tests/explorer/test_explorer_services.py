@@ -82,6 +82,23 @@ def test_projections():
     assert d1.xy.shape == (10, 2) and np.all(d1.xy[:, 1] == 0)
 
 
+def test_umap_keeps_clusters_apart_and_is_seeded():
+    """UMAP (umap-learn, installed by requirements-dev.txt): three clusters far apart in 5-D
+    stay apart in the plane, the same seed gives the same map, and a code maps onto itself."""
+    assert "UMAP" in explore.available_projections()
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 5)) * 20
+    labels = np.repeat(np.arange(3), 40)
+    mu = centres[labels] + rng.normal(size=(120, 5))
+    proj = explore.project(mu, "UMAP", seed=3)
+    assert proj.method == "UMAP" and proj.xy.shape == (120, 2) and np.isfinite(proj.xy).all()
+    d2 = ((proj.xy[:, None] - proj.xy[None]) ** 2).sum(-1)
+    np.fill_diagonal(d2, np.inf)
+    assert (labels[d2.argmin(1)] == labels).mean() > 0.95  # each point's nearest neighbour: its own cluster
+    np.testing.assert_array_equal(explore.project(mu, "UMAP", seed=3).xy, proj.xy)
+    np.testing.assert_allclose(proj.transform(mu[:4]), proj.xy[:4], atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def run(digits_run):
     return load_run(digits_run)
