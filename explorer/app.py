@@ -55,6 +55,7 @@ def main() -> None:
         st.switch_page(pages[START_VIEW])
     state.set("view", view)
 
+    common.freeze_startup_objects()
     common.first_start()
     common.sidebar()
     state.write_to_url()

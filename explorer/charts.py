@@ -94,6 +94,7 @@ def latent_map(xy: np.ndarray, color: np.ndarray | None, color_name: str, discre
                axis_titles: tuple[str, str] = ("z1", "z2"), selected: int | None = None,
                path: np.ndarray | None = None, path_name: str = "path",
                endpoints: dict[str, np.ndarray] | None = None, current: np.ndarray | None = None,
+               steps: tuple[np.ndarray, np.ndarray] | None = None,
                background: tuple[np.ndarray, float] | None = None,
                contours: tuple[np.ndarray, np.ndarray] | None = None,
                category_names: dict[float, str] | None = None, height: int = 560) -> go.Figure:
@@ -101,9 +102,10 @@ def latent_map(xy: np.ndarray, color: np.ndarray | None, color_name: str, discre
 
     xy (N, 2); color (N,) label or value per point (None: one colour); each point carries its
     test index as customdata, so a selection event names the sample. Optional overlays: the
-    selected point, an interpolation path (M, 2) with endpoints {"A": (2,), "B": (2,)} and the
-    current point, a decoded-manifold image (uint8 array, span) under the points, and prior
-    density contours (axis (n,), log-density (n, n))."""
+    selected point, an interpolation path (M, 2) with endpoints {"A": (2,), "B": (2,)}, points
+    along it (steps: (K, 2) places and their (K,) t) and the current point, a decoded-manifold
+    image (uint8 array, span) under the points, and prior density contours (axis (n,),
+    log-density (n, n))."""
     xy = np.asarray(xy, dtype=float)
     idx = np.arange(len(xy))
     fig = go.Figure()
@@ -145,6 +147,11 @@ def latent_map(xy: np.ndarray, color: np.ndarray | None, color_name: str, discre
         path = np.asarray(path, dtype=float)
         fig.add_trace(go.Scatter(x=path[:, 0], y=path[:, 1], mode="lines", name=path_name,
                                  line=dict(color="black", width=3), hoverinfo="skip"))
+    if steps is not None:
+        places, ts = np.asarray(steps[0], dtype=float), np.asarray(steps[1], dtype=float)
+        fig.add_trace(go.Scatter(x=places[:, 0], y=places[:, 1], mode="markers", name="strip steps",
+                                 text=[f"t = {v:.2f}" for v in ts], hovertemplate="%{text}<extra></extra>",
+                                 marker=dict(size=7, color="white", line=dict(color="black", width=1.5))))
     for name, point in (endpoints or {}).items():
         fig.add_trace(go.Scatter(x=[point[0]], y=[point[1]], mode="markers+text", text=[name],
                                  textposition="top center", textfont=dict(size=16, color="black"),
@@ -231,7 +238,7 @@ def kl_per_dim_bars(kl_per_dim: np.ndarray, active: np.ndarray) -> go.Figure:
 
 
 def path_profile(t: np.ndarray, curves: dict[str, dict[str, np.ndarray]], current_t: float | None = None,
-                 typical: tuple[float, float] | None = None) -> go.Figure:
+                 typical: tuple[float, float] | None = None, height: int = 380) -> go.Figure:
     """Along an interpolation path: log p(z) of the prior (top) and the ELBO of the decoded
     sample (bottom). curves[method] = {"log_prior": (T,), "decoded_elbo": (T,)}; typical:
     the (low, high) range of log p(z) of typical prior samples, shaded."""
@@ -247,9 +254,19 @@ def path_profile(t: np.ndarray, curves: dict[str, dict[str, np.ndarray]], curren
         fig.add_trace(go.Scatter(x=t, y=c["decoded_elbo"], mode="lines", name=f"{method}: ELBO",
                                  line=dict(color=TERM_COLORS["elbo"], dash=dash)), row=2, col=1)
     if current_t is not None:
-        fig.add_vline(x=current_t, line=dict(color="gold", width=2))
+        fig.add_vline(x=current_t, line=dict(color="gold", width=2), name=CURRENT_T)
     fig.update_xaxes(title_text="t", row=2, col=1)
-    return _layout(fig, "Along the path", height=380)
+    return _layout(fig, "Along the path", height=height)
+
+
+CURRENT_T = "current t"
+
+
+def mark_t(fig: go.Figure, t: float) -> go.Figure:
+    """Move path_profile's current-t line(s) to t, in place: far cheaper than building the
+    figure again (the Interpolate page does this on every slider move)."""
+    fig.update_shapes(x0=t, x1=t, selector=dict(name=CURRENT_T))
+    return fig
 
 
 # -- data that are not images -----------------------------------------------------------------

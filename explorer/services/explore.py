@@ -290,6 +290,13 @@ def png(images: np.ndarray, ncols: int | None = None, size: int = 64) -> bytes:
     return png_bytes(to_grid(images, ncols=ncols), scale=max(1, round(size / h)))
 
 
+def png_data_url(images: np.ndarray, ncols: int | None = None, size: int = 64) -> str:
+    """png() as a data: URL, which st.image passes to the page as it is (no media file)."""
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(png(images, ncols, size)).decode("ascii")
+
+
 # -- cached entry points for the views -------------------------------------------------------
 
 def _key(path: Path) -> tuple[str, float]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import streamlit as st
 
@@ -11,6 +13,7 @@ from explorer.views import common
 from explorer.views.latent_map import projected
 
 CHART_KEY = "interp_map_chart"
+PROFILE_AFTER_S = 0.06  # pause between the decoded image and the profile chart on a slider move
 
 
 def default_endpoints(enc: explore.Encoded) -> tuple[int, int]:
@@ -80,76 +83,111 @@ def main() -> None:
         st.button("Random endpoints", key="random_endpoints", on_click=_on_random, args=(n,),
                   icon=":material/casino:")
 
-    c1, c2, c3 = st.columns([2, 4, 2])
+    c1, c2 = st.columns([2, 4])
     with c1:
         state.seed_widget("interp_path", "path", "lerp")
         method = st.radio("Path", ["lerp", "slerp"], key="interp_path", horizontal=True,
                           help="lerp: (1 - t) a + t b.  slerp: along the great circle, norm interpolated.")
         state.set("path", method)
     with c2:
-        state.seed_widget("interp_t", "t", 0.5)
-        t = st.slider("t (position on the path, 0 = A, 1 = B)", 0.0, 1.0, step=0.01, key="interp_t")
-        state.set("t", round(float(t), 2))
-    with c3:
         strip_n = st.slider("Images in the strip", 3, 15, 8, key="strip_n")
 
     with st.spinner("Decoding the path..."):
         frames = explore.cached_path_frames(summary.path, a, b, method)
         other = explore.cached_path_frames(summary.path, a, b, "slerp" if method == "lerp" else "lerp")
-    k = int(round(t * (len(frames.t) - 1)))
+    curves = {method: {"log_prior": frames.log_prior, "decoded_elbo": frames.decoded_elbo},
+              ("slerp" if method == "lerp" else "lerp"): {"log_prior": other.log_prior,
+                                                          "decoded_elbo": other.decoded_elbo}}
+    profile_key = (str(summary.path), explore.checkpoint_mtime(summary.path), a, b, method)
 
     left, right = st.columns([3, 2])
     with right:
-        st.subheader(f"Decoded at t = {frames.t[k]:.2f}")
-        if enc.is_image:
-            st.image(explore.png(frames.images[k:k + 1], size=300),
-                     caption=f"f(z(t)), the decoder's mean image at t = {frames.t[k]:.2f}")
-        elif frames.images.shape[-1] == 2 and frames.images.ndim == 2:
-            st.plotly_chart(charts.data_scatter(enc.x, {"decoded path": frames.images,
-                                                        f"f(z(t)), t = {frames.t[k]:.2f}": frames.images[k:k + 1]},
-                                                "The path decoded, in data space"), key="interp_data")
-        else:
-            st.plotly_chart(charts.vector_bars({f"f(z(t)), t = {frames.t[k]:.2f}": frames.images[k]},
-                                               "Decoded vector at t"), key="interp_vector")
-        m1, m2 = st.columns(2)
-        m1.metric("log p(z(t))", f"{frames.log_prior[k]:.2f}", help="prior log-density at z(t), nats")
-        m2.metric("ELBO of f(z(t))", f"{frames.decoded_elbo[k]:.2f}",
-                  help="the ELBO the model gives its own decoded sample, nats per sample, higher is better")
+        # Everything that depends on t, in a fragment: a slider release reruns only this
+        # (about 10 ms of work), not the sidebar, the map and the strip.
+        at_t(frames, curves, profile_key, enc.latent_dim, enc.is_image, enc.x if not enc.is_image else None)
     with left:
         proj = projected(summary.path, state.get("proj", "PCA"), n)
         values, discrete = explore.color_values(enc, enc.label_names[0]) if enc.labels is not None else (None, False)
+        idx = strip_steps(len(frames.t), strip_n)
         fig = charts.latent_map(
             proj.xy, values, enc.label_names[0] if enc.labels is not None else "", discrete, proj.axis_titles,
             path=proj.transform(frames.z), path_name=f"path ({method})",
-            endpoints={"A": proj.xy[a], "B": proj.xy[b]}, current=proj.transform(frames.z[k:k + 1])[0],
-            height=480)
+            endpoints={"A": proj.xy[a], "B": proj.xy[b]},
+            steps=(proj.transform(frames.z[idx]), frames.t[idx]), height=480)
         st.plotly_chart(fig, key=CHART_KEY, on_select=_on_map_click, selection_mode="points",
                         config={"scrollZoom": True, "displaylogo": False})
-        st.caption("The test set's codes with the path from A to B (black) and z(t) (star)"
+        st.caption("The test set's codes with the path from A to B (black) and the strip's steps on it (dots)"
                    + (f", drawn through the same {proj.method} projection as the latent map." if proj.method
                       not in ("identity",) else ".")
                    + (" t-SNE/UMAP cannot place new points exactly: the path is placed near its nearest codes."
-                      if proj.method in ("t-SNE", "UMAP") else ""))
+                      if proj.method in ("t-SNE", "UMAP") else "")
+                   + " The current t is the gold line of the chart beside the decoded image.")
 
     st.subheader(f"The path in {strip_n} steps")
-    idx = np.linspace(0, len(frames.t) - 1, strip_n).round().astype(int)
     if enc.is_image:
         st.image(explore.png(frames.images[idx], ncols=strip_n, size=90),
                  caption="t = " + ", ".join(f"{frames.t[j]:.2f}" for j in idx))
     else:
         st.dataframe({f"t={frames.t[j]:.2f}": frames.images[j].ravel() for j in idx})
-    curves = {method: {"log_prior": frames.log_prior, "decoded_elbo": frames.decoded_elbo},
-              ("slerp" if method == "lerp" else "lerp"): {"log_prior": other.log_prior,
-                                                          "decoded_elbo": other.decoded_elbo}}
-    st.plotly_chart(charts.path_profile(frames.t, curves, current_t=float(frames.t[k]),
-                                        typical=explore.typical_log_density(enc.latent_dim)), key="path_profile")
+
+
+def strip_steps(n_frames: int, strip_n: int) -> np.ndarray:
+    """The frames the strip shows: strip_n of n_frames, evenly spaced, both ends included."""
+    return np.linspace(0, n_frames - 1, strip_n).round().astype(int)
+
+
+def _profile_figure(curves: dict, key: tuple, latent_dim: int, t: float):
+    """The path profile for this path (built once per path and session, then only its
+    current-t line moves: building it costs more than the rest of a slider move)."""
+    kept = st.session_state.get("_interp_profile")
+    if kept is None or kept[0] != key:
+        t_axis = np.linspace(0.0, 1.0, len(next(iter(curves.values()))["log_prior"]))
+        fig = charts.path_profile(t_axis, curves, current_t=t, typical=explore.typical_log_density(latent_dim),
+                                  height=340)
+        kept = (key, fig)
+        st.session_state["_interp_profile"] = kept
+    return charts.mark_t(kept[1], t)
+
+
+@st.fragment
+def at_t(frames: explore.PathFrames, curves: dict, profile_key: tuple, latent_dim: int, is_image: bool,
+         data: np.ndarray | None) -> None:
+    """The slider t and what depends on it: the decoded image (drawn first), its log p(z) and
+    ELBO, and the profile along the path with t marked. A slider release reruns only this."""
+    state.seed_widget("interp_t", "t", 0.5)
+    t = st.slider("t (position on the path, 0 = A, 1 = B)", 0.0, 1.0, step=0.01, key="interp_t")
+    state.set("t", round(float(t), 2))
+    k = int(round(t * (len(frames.t) - 1)))
+    st.subheader(f"Decoded at t = {frames.t[k]:.2f}")
+    if is_image:
+        # Inline (a data: URL) rather than a media file: the browser shows it from the message
+        # itself, without a second request to a server that is still busy with this rerun.
+        st.image(explore.png_data_url(frames.images[k:k + 1], size=300),
+                 caption=f"f(z(t)), the decoder's mean image at t = {frames.t[k]:.2f}")
+    elif frames.images.shape[-1] == 2 and frames.images.ndim == 2:
+        st.plotly_chart(charts.data_scatter(data, {"decoded path": frames.images,
+                                                   f"f(z(t)), t = {frames.t[k]:.2f}": frames.images[k:k + 1]},
+                                            "The path decoded, in data space"), key="interp_data")
+    else:
+        st.plotly_chart(charts.vector_bars({f"f(z(t)), t = {frames.t[k]:.2f}": frames.images[k]},
+                                           "Decoded vector at t"), key="interp_vector")
+    state.write_to_url()  # a rerun of this fragment alone does not pass app.py, which writes the URL
+    m1, m2 = st.columns(2)
+    m1.metric("log p(z(t))", f"{frames.log_prior[k]:.2f}", help="prior log-density at z(t), nats")
+    m2.metric("ELBO of f(z(t))", f"{frames.decoded_elbo[k]:.2f}",
+              help="the ELBO the model gives its own decoded sample, nats per sample, higher is better")
+    # The profile chart is drawn anew in the browser at every t (its figure changes, so does its
+    # element): 50-100 ms of the page's main thread. Sent with the image, it is drawn in the same
+    # frame and the new image waits for it; a short pause first lets the image be shown alone.
+    time.sleep(PROFILE_AFTER_S)
+    st.plotly_chart(_profile_figure(curves, profile_key, latent_dim, float(frames.t[k])), key="path_profile",
+                    config={"staticPlot": True})  # no hover layer to build: the values at t are above
     st.caption("Top: log N(z(t); 0, I), the prior's log-density along each path (nats); shaded: where the "
-               f"log-density of most prior samples lies (mean +- 2 sd) for d = {enc.latent_dim}. A straight line between "
-               "two typical codes cuts towards the origin, where the density is higher than any typical "
-               "sample's in high dimension (|z| much smaller than sqrt(d)); slerp keeps |z| in the typical "
-               "range. Bottom: the ELBO the model "
-               "assigns to its own decoded image, nats per sample, higher is better. Solid: lerp, "
-               "dotted: slerp. Gold line: the current t.")
+               f"log-density of most prior samples lies (mean +- 2 sd) for d = {latent_dim}. A straight line "
+               "between two typical codes cuts towards the origin, where the density is higher than any "
+               "typical sample's in high dimension (|z| much smaller than sqrt(d)); slerp keeps |z| in the "
+               "typical range. Bottom: the ELBO the model assigns to its own decoded image, nats per sample, "
+               "higher is better. Solid: lerp, dotted: slerp. Gold line: the current t.")
 
 
 if __name__ == "__main__":

@@ -120,6 +120,7 @@ class FirstStart:
     first_start_note: bool = False  # the "First start." explanation was shown
     progress: list[tuple[int, int]] = field(default_factory=list)  # (epoch, epochs) read off the bar
     curve_points: list[int] = field(default_factory=list)  # points per live curve, as seen
+    rows: list[dict] = field(default_factory=list)  # everything harness.recorded() saw, in order
     map_points: int = 0  # points in the latent map when it appeared
     map_canvas: bool = False  # the map was drawn in a WebGL canvas
     clicks: int = 0  # clicks the test made (none)
@@ -151,6 +152,7 @@ def first_start(app, browser, screenshot_dirs) -> FirstStart:
         seen.first_start_note = any(r["first_start"] for r in rows)
         seen.progress = [(r["epoch"], r["epochs"]) for r in rows if r["epoch"] is not None]
         seen.curve_points = [r["points"] for r in rows if r["points"]]
+        seen.rows = rows
         seen.map_canvas = map_chart.locator("canvas").count() > 0
         seen.map_points = len(harness.sample_points(map_chart))
         seen.url = pg.url

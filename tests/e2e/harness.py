@@ -189,10 +189,17 @@ RECORDER_JS = """([every_ms]) => {
         const plot = document.querySelector('.st-key-live_curves .js-plotly-plot');
         const n = plot && plot._fullData ? Math.max(0, ...plot._fullData.map(t => (t.x || []).length)) : null;
         const app = document.querySelector('.st-key-latent_map_chart .js-plotly-plot');
+        // The sidebar: the active run's selectbox as shown, and its job line's epoch.
+        const side = document.querySelector('[data-testid="stSidebar"]');
+        const sel = side && side.querySelector('.st-key-active_run input');
+        const job = side && side.innerText.match(/is training: epoch (\\d+) of (\\d+)/);
         rec.rows.push({t: performance.now() / 1000, run: m ? m[1] : null, epoch: m ? +m[2] : null,
                        epochs: m ? +m[3] : null,
                        points: n, map: !!(app && app.querySelector('canvas')),
-                       first_start: document.body.textContent.includes('First start.')});
+                       first_start: document.body.textContent.includes('First start.'),
+                       sidebar_label: sel ? sel.value.trim() : null,
+                       sidebar_epoch: job ? +job[1] : null,
+                       sidebar_queued: !!(side && side.innerText.includes('waits in the queue'))});
         if (rec.rows.length > 4000) rec.rows.splice(0, 1000);
     }, every_ms);
     window.__rec = rec;
@@ -217,7 +224,9 @@ def start_recorder(page, every_ms: int = 200) -> None:
 def recorded(page) -> list[dict]:
     """The recorder's rows so far: t (s), run, epoch, epochs (None when no progress bar), points
     (of the longest live curve; None when none is drawn), map (the latent map is drawn),
-    first_start (the first start's explanation is shown)."""
+    first_start (the first start's explanation is shown), sidebar_label (the sidebar's Active run
+    as shown), sidebar_epoch (the epoch of the sidebar's job line; None when none says one),
+    sidebar_queued (the sidebar says a job waits in the queue)."""
     return page.evaluate("() => window.__rec ? window.__rec.rows : []")
 
 

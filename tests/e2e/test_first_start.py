@@ -32,3 +32,20 @@ def test_first_start_trains_the_default_and_shows_the_latent_map(app, first_star
     n_test = len(load_dataset(cfg["data"], cfg["train"]["seed"]).x_test)
     assert seen.map_points == n_test, "one point per test sample"
     assert f"run={DEFAULT_RUN}" in seen.url
+
+
+def test_the_sidebar_follows_the_first_start_training(first_start):
+    """Issue 4: while the default run trained, the sidebar said 'digits-2d (queued)' and
+    'epoch 0' as the progress bar advanced. It must tell what the trainer is doing."""
+    rows = [r for r in first_start.rows if r["epoch"] is not None and r["epoch"] >= 1]
+    assert rows, "the progress bar never showed a finished epoch"
+    t1 = rows[0]["t"]  # the trainer has started: it finished its first epoch
+    # The sidebar's own refresh runs every 2 s: allow it 3 s to catch up, then no 'queued'.
+    later = [r for r in rows if r["t"] >= t1 + 3.0]
+    stale = [(round(r["t"] - t1, 1), r["epoch"], r["sidebar_label"]) for r in later
+             if "queued" in (r["sidebar_label"] or "") or r["sidebar_queued"]]
+    assert not stale, f"the sidebar still said queued while the bar showed epochs (s, epoch, label): {stale[:5]}"
+    if rows[-1]["t"] - t1 >= 5.0:  # long enough for two sidebar refreshes
+        epochs = [r["sidebar_epoch"] for r in rows]
+        assert any(e is not None and e > 0 for e in epochs), \
+            f"the sidebar's job line never showed a finished epoch while the bar advanced: {sorted(set(map(str, epochs)))}"

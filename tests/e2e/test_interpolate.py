@@ -1,5 +1,6 @@
 """Interpolate: two endpoints clicked on the map, the slider moved with the keyboard changes
-the decoded image, and switching lerp/slerp changes the strip of decodes."""
+the decoded image, the URL's t and the profile's current-t line (the slider reruns only its
+fragment), and switching lerp/slerp changes the strip of decodes."""
 
 import re
 
@@ -31,6 +32,12 @@ def strip_image(page):
         has=page.get_by_text(re.compile(r"^t = 0\.00, "))).locator("img").first
 
 
+def current_t_marks(page) -> list[float]:
+    """Where the path profile's gold 'current t' line(s) are drawn."""
+    return harness.keyed(page, "path_profile").locator(".js-plotly-plot").first.evaluate(
+        "el => (el._fullLayout.shapes || []).filter(s => s.name === 'current t').map(s => s.x0)")
+
+
 def test_interpolate_endpoints_keyboard_slider_and_path(page, app, trained_run, screenshot_dirs):
     open_view(page, app, "interpolate", "Interpolate", run=trained_run.name)
     chart = harness.keyed(page, "interp_map_chart")
@@ -59,7 +66,9 @@ def test_interpolate_endpoints_keyboard_slider_and_path(page, app, trained_run, 
     assert slider.evaluate("e => e.value") == "0.45"
     after = harness.image_digest(page, decoded_image(page))
     assert after != before, "the decoded image did not change when t moved from 0.50 to 0.45"
-    assert "t=0.45" in page.url
+    assert "t=0.45" in page.url  # written by the slider's fragment, which app.py does not wrap
+    marks = current_t_marks(page)
+    assert marks and all(abs(x - 0.45) < 1e-9 for x in marks), f"the profile marks t at {marks}, not 0.45"
     slider.press("End")
     page.get_by_role("heading", name="Decoded at t = 1.00").wait_for()
     harness.wait_idle(page)

@@ -27,5 +27,5 @@ def test_a_4d_latent_is_projected_and_the_path_follows_the_projection(make_app, 
     at.switch_page("views/interpolate.py").run(timeout=120)
     assert_clean(at)
     names = [tr["name"] for tr in plotly_specs(at)[0]["data"]]
-    assert "path (lerp)" in names and "z(t)" in names
+    assert "path (lerp)" in names and "strip steps" in names  # z(t) itself: the profile beside the image
     assert any("t-SNE" in c.value for c in at.caption)

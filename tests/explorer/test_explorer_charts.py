@@ -81,6 +81,15 @@ def test_latent_map_continuous_colour_and_overlays():
     assert img.source.startswith("data:image/png;base64,") and (img.x, img.y, img.sizex) == (-3.0, 3.0, 6.0)
 
 
+def test_latent_map_marks_the_strip_steps_without_a_sample_index():
+    xy = np.random.default_rng(3).normal(size=(20, 2))
+    path = np.c_[np.linspace(0, 1, 11), np.linspace(0, 2, 11)]
+    fig = charts.latent_map(xy, None, "", False, path=path, steps=(path[[0, 5, 10]], np.array([0.0, 0.5, 1.0])))
+    steps = next(tr for tr in fig.data if tr.name == "strip steps")
+    assert list(steps.text) == ["t = 0.00", "t = 0.50", "t = 1.00"]
+    assert steps.customdata is None  # a click on it must not be read as a test sample
+
+
 def test_elbo_waterfall_is_fig_1_4_with_the_numbers():
     recon, kl, log_px = 30.0, 6.0, 25.5
     fig = charts.elbo_waterfall(recon, kl, log_px)
@@ -121,6 +130,11 @@ def test_path_profile_and_compare_curves():
     fig = charts.path_profile(t, curves, current_t=0.3)
     assert [tr.name for tr in fig.data] == ["lerp: log p(z)", "lerp: ELBO", "slerp: log p(z)", "slerp: ELBO"]
     assert {tr.line.dash for tr in fig.data if tr.name.startswith("slerp")} == {"dot"}
+    # the current t: one gold line per subplot, moved in place on a slider move
+    assert [sh.x0 for sh in fig.layout.shapes if sh.name == charts.CURRENT_T] == [0.3, 0.3]
+    assert charts.mark_t(fig, 0.7) is fig
+    marks = [sh for sh in fig.layout.shapes if sh.name == charts.CURRENT_T]
+    assert [(sh.x0, sh.x1) for sh in marks] == [(0.7, 0.7), (0.7, 0.7)]
     fig = charts.compare_curves({"a": (np.arange(3), np.ones(3)), "b": (np.arange(3), np.zeros(3))}, "kl")
     assert [tr.name for tr in fig.data] == ["a", "b"] and list(fig.data[0].y) == [-1, -1, -1]
     assert fig.layout.yaxis.title.text == NATS
