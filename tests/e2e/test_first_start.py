@@ -40,12 +40,15 @@ def test_the_sidebar_follows_the_first_start_training(first_start):
     rows = [r for r in first_start.rows if r["epoch"] is not None and r["epoch"] >= 1]
     assert rows, "the progress bar never showed a finished epoch"
     t1 = rows[0]["t"]  # the trainer has started: it finished its first epoch
-    # The sidebar's own refresh runs every 2 s: allow it 3 s to catch up, then no 'queued'.
-    later = [r for r in rows if r["t"] >= t1 + 3.0]
-    stale = [(round(r["t"] - t1, 1), r["epoch"], r["sidebar_label"]) for r in later
-             if "queued" in (r["sidebar_label"] or "") or r["sidebar_queued"]]
-    assert not stale, f"the sidebar still said queued while the bar showed epochs (s, epoch, label): {stale[:5]}"
-    if rows[-1]["t"] - t1 >= 5.0:  # long enough for two sidebar refreshes
-        epochs = [r["sidebar_epoch"] for r in rows]
-        assert any(e is not None and e > 0 for e in epochs), \
-            f"the sidebar's job line never showed a finished epoch while the bar advanced: {sorted(set(map(str, epochs)))}"
+    stale = [(round(r["t"] - t1, 1), r["epoch"], r["sidebar_label"]) for r in rows
+             if "queued" in (r["sidebar_label"] or "")]
+    assert not stale, f"the Active run label said queued while the bar showed epochs (s, epoch, label): {stale[:5]}"
+    # The job line refreshes every second: allow it 2.5 s to catch up, then no 'waits in the queue'.
+    waiting = [(round(r["t"] - t1, 1), r["epoch"]) for r in rows if r["t"] >= t1 + 2.5 and r["sidebar_queued"]]
+    assert not waiting, f"the sidebar said the job waits in the queue while the bar showed epochs: {waiting[:5]}"
+    # And it shows the epoch: 2.5 s after the first one (two refreshes), not 'epoch 0' any more.
+    # (On a quiet machine the 30 epochs may be over by then: nothing to check.)
+    late = [(round(r["t"] - t1, 1), r["epoch"], r["sidebar_epoch"]) for r in rows
+            if r["t"] >= t1 + 2.5 and r["sidebar_epoch"] is not None]
+    assert not late or any(e > 0 for _, _, e in late), \
+        f"the sidebar's job line said epoch 0 while the bar advanced (s, bar epoch, sidebar epoch): {late[:5]}"
