@@ -37,6 +37,8 @@ from .mapped import ImageFiles, MappedRows, image_read_errors, use_mmap
 BUILTINS = ("digits", "shapes", "gmm2d", "linear-gaussian")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_COLUMNS = 1_000_000  # a CSV announcing more columns than this is refused
+MAX_CSV_BYTES = 256 << 20  # a larger CSV is refused: its reader holds every cell as text (~10x the file)
+MAX_FOLDER_ENTRIES = 2_000_000  # files and folders looked at under an image folder before giving up
 MAX_GENERATED_VALUES = 1 << 27  # a built-in data set of more values (n x D) is refused (512 MB float32)
 
 
@@ -349,6 +351,11 @@ def _load_csv(p: Path, options: dict):
     """Numeric columns; a header row is optional; a label column is taken from option
     label=NAME (or column index), or a header column named label, y, class or target."""
     label_opt = options.pop("label", None)
+    size = p.stat().st_size
+    if size > MAX_CSV_BYTES:
+        raise TrainerError(f"{p}: the CSV is {size / 2**20:,.0f} MB, more than the CSV reader's limit of "
+                           f"{MAX_CSV_BYTES / 2**20:,.0f} MB (it holds every cell as text): save the array "
+                           "with numpy's np.save and train from the .npy, which is read in batches")
     try:
         with open(p, newline="", encoding="utf-8") as f:
             rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
@@ -466,7 +473,7 @@ def _load_image_folder(folder: Path, options: dict):
             raise TrainerError(f"{folder}: option size={size_opt!r} must be N or HxW, e.g. size=28") from None
         if not (1 <= size[0] <= 1024 and 1 <= size[1] <= 1024):
             raise TrainerError(f"{folder}: option size must be between 1 and 1024")
-    files = sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(f for f in _walk(folder) if f.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise TrainerError(f"{folder}: the folder has no PNG or JPEG images")
     modes, sizes = set(), set()
@@ -496,6 +503,19 @@ def _load_image_folder(folder: Path, options: dict):
         # uint8 by construction: always finite and within 0..255, so no check pass
         return MappedRows(images, from_255=True, name=str(folder)), y, label_names, True
     return images[:].astype(np.float32) / 255.0, y, label_names, True
+
+
+def _walk(folder: Path):
+    """The files under `folder` (subfolders included); a TrainerError once more than
+    MAX_FOLDER_ENTRIES entries were looked at (a spec naming '/' or a home folder)."""
+    seen = 0
+    for f in folder.rglob("*"):
+        seen += 1
+        if seen > MAX_FOLDER_ENTRIES:
+            raise TrainerError(f"{folder}: the folder holds more than {MAX_FOLDER_ENTRIES:,} files and folders: "
+                               "give the folder of the data set itself")
+        if f.is_file():
+            yield f
 
 
 def check_likelihood(data: Dataset, likelihood: str) -> None:

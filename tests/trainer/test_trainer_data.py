@@ -18,6 +18,7 @@ from PIL import Image
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
 from trainer import TrainerError, load_dataset
+from trainer import data as data_module
 from trainer.config import RunConfig
 from trainer.data import check_likelihood, parse_spec, render_shapes
 from trainer.examples import linear_gaussian_entropy
@@ -312,3 +313,29 @@ def test_config_round_trip():
     cfg = RunConfig(data="gmm2d:k=3")
     cfg.model.sigma_dec, cfg.train.lr, cfg.data_shape = 0.25, 3e-4, [2]
     assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_a_csv_above_the_readers_limit_is_refused_with_what_to_do(tmp_path, monkeypatch):
+    """The CSV reader holds every cell as text (about 10x the file): above MAX_CSV_BYTES it
+    says to save a .npy instead, which is read in batches. (The limit is lowered for the test.)"""
+    p = tmp_path / "big.csv"
+    p.write_text("\n".join("1,2,3,4" for _ in range(300)))  # 2,099 bytes
+    assert load_dataset(str(p), 0).x_train.shape[1:] == (4,)  # under the limit: read
+    monkeypatch.setattr(data_module, "MAX_CSV_BYTES", 1000)
+    with pytest.raises(TrainerError, match=r"big.csv: the CSV is .* more than the CSV reader's limit .*np.save"):
+        load_dataset(str(p), 0)
+
+
+def test_a_folder_spec_over_a_huge_tree_gives_up_with_a_message(tmp_path, monkeypatch):
+    """A spec naming '/' or a home folder would walk the whole tree: past MAX_FOLDER_ENTRIES
+    entries looked at, a TrainerError asks for the data set's own folder. (Limit lowered.)"""
+    folder = tmp_path / "tree"
+    for i in range(3):
+        (folder / f"sub{i}").mkdir(parents=True)
+        for j in range(10):
+            Image.fromarray(np.full((4, 4), 10 * j, np.uint8)).save(folder / f"sub{i}" / f"{j}.png")
+    whole = load_dataset(str(folder), 0)  # 33 entries under the limit: read
+    assert len(whole.x_train) + len(whole.x_test) == 30
+    monkeypatch.setattr(data_module, "MAX_FOLDER_ENTRIES", 20)
+    with pytest.raises(TrainerError, match="more than 20 files and folders: give the folder of the data set"):
+        load_dataset(str(folder), 0)
