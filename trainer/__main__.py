@@ -12,7 +12,7 @@ import math
 import sys
 import time
 
-from .config import ModelConfig
+from .config import ModelConfig, TrainConfig
 from .errors import TrainerError
 
 
@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--mc-samples", type=int, default=1, help="M, samples of z per x (eq 1.31)")
     f.add_argument("--epochs", type=int, default=50)
     f.add_argument("--batch-size", type=int, default=128)
-    f.add_argument("--lr", type=float, default=1e-3)
+    f.add_argument("--lr", type=float, default=None,
+                   help=f"Adam learning rate (default {TrainConfig().lr:g}); with --resume: a new one for the rest")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     f.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = all cores)")
@@ -90,13 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_fit(a) -> int:
     from .api import fit
-    from .config import ModelConfig, RunConfig, TrainConfig
+    from .config import RunConfig
 
+    lr = TrainConfig().lr if a.lr is None else a.lr
     cfg = RunConfig(
         data=a.data,
         model=ModelConfig(arch=a.arch, hidden=a.hidden, latent_dim=a.latent_dim,
                           likelihood=a.likelihood, sigma_dec=a.sigma_dec),
-        train=TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, beta=a.beta,
+        train=TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=lr, beta=a.beta,
                           kl_warmup=a.kl_warmup, mc_samples=a.mc_samples, seed=a.seed,
                           device=a.device, threads=a.threads))
     cfg.validate()
@@ -120,7 +122,8 @@ def cmd_fit(a) -> int:
                 f"{sps:,.0f} samples/s  {time.monotonic() - t_start:.1f}s")
         print(("\r" + line + "\033[K") if tty else line, file=sys.stderr, end="" if tty else "\n", flush=True)
 
-    state = fit(cfg, a.out, resume=a.resume, on_epoch=on_epoch, handle_signals=True)
+    state = fit(cfg, a.out, resume=a.resume, on_epoch=on_epoch, handle_signals=True,
+                lr=a.lr if a.resume else None)
     if tty and not a.quiet:
         print(file=sys.stderr)
     if _rank() == 0:

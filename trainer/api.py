@@ -60,10 +60,14 @@ class _StopFlag:
 def fit(cfg: RunConfig, out_dir: str | Path, resume: bool = False,
         on_epoch: Callable[[dict], None] | None = None,
         on_step: Callable[[int, int, int, int], None] | None = None,
-        stop: threading.Event | None = None, handle_signals: bool = False) -> str:
+        stop: threading.Event | None = None, handle_signals: bool = False,
+        lr: float | None = None) -> str:
     """Train `cfg` into the run folder `out_dir`; returns the final state ("done" or
     "cancelled"). A user error raises TrainerError after marking the run failed.
-    One process at a time trains into a folder (runs.RunLock): a second gets TrainerError."""
+    One process at a time trains into a folder (runs.RunLock): a second gets TrainerError.
+    With resume, training goes on with the saved settings (cfg.train.epochs may extend them);
+    `lr` then sets a new learning rate for the rest of the run (e.g. lower, after a
+    non-finite loss), recorded in its config.json."""
     out = runs.check_run_dir_name(out_dir)
     cfg.validate()
     d = distributed.init_from_env(cfg.train.device)  # launched by torchrun: None in a single process
@@ -71,7 +75,7 @@ def fit(cfg: RunConfig, out_dir: str | Path, resume: bool = False,
         return distributed.follow(cfg, d, stop, handle_signals)
     with distributed.stop_followers_on_error(), runs.RunLock(out, create=not resume):
         try:
-            return _fit_locked(cfg, out, resume, on_epoch, on_step, stop, handle_signals)
+            return _fit_locked(cfg, out, resume, on_epoch, on_step, stop, handle_signals, lr)
         except OSError as e:  # disk full or read-only folder: the files already saved are intact
             message = f"cannot write to the run folder {out} ({e.strerror or e}): the last saved checkpoint is kept"
             _mark_failed_if_ours(out, message)
@@ -93,7 +97,7 @@ def _mark_failed_if_ours(out: Path, message: str) -> None:
             pass
 
 
-def _fit_locked(cfg: RunConfig, out: Path, resume: bool, on_epoch, on_step, stop, handle_signals) -> str:
+def _fit_locked(cfg: RunConfig, out: Path, resume: bool, on_epoch, on_step, stop, handle_signals, lr) -> str:
     if resume:
         saved = runs.load_config(out)
         for section in ("model", "data"):
@@ -101,6 +105,10 @@ def _fit_locked(cfg: RunConfig, out: Path, resume: bool, on_epoch, on_step, stop
                 raise TrainerError(f"--resume: the {section} settings differ from {out}/config.json; "
                                    "resume with the same settings or train into a new folder")
         saved.train.epochs = cfg.train.epochs  # resuming may extend the number of epochs
+        if lr is not None and lr != saved.train.lr:  # and go on at another learning rate
+            saved.train.lr = lr
+            saved.validate()
+            runs.atomic_write_json(out / "config.json", saved.to_dict())
         cfg = saved
     else:
         if (out / "model.safetensors").exists() or (out / "metrics.jsonl").exists():

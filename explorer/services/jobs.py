@@ -247,15 +247,18 @@ def start(root: Path, name: str, cfg: RunConfig, threads: int, max_jobs: int | N
     return run_dir
 
 
-def resume(root: Path, name: str, threads: int, max_jobs: int | None = None) -> Path:
+def resume(root: Path, name: str, threads: int, max_jobs: int | None = None, lr: float | None = None) -> Path:
     """Continue a failed or cancelled run from its last saved epoch (`python -m trainer fit
-    --resume`), through the same queue. Raises JobBusy if it is training, TrainerError if it
-    has no usable checkpoint."""
+    --resume`), through the same queue, at learning rate `lr` if given (else the run's).
+    Raises JobBusy if it is training, TrainerError if it has no usable checkpoint."""
     from trainer.runs import load_config, read_train_state
 
     root = Path(root).resolve()
     run_dir = safe_run_path(root, check_name(name))  # never a symlink out of the runs folder
     cfg = load_config(run_dir)
+    if lr is not None:
+        cfg.train.lr = float(lr)
+        cfg.validate()  # TrainerError for a learning rate out of range
     epoch = read_train_state(run_dir)["epoch"]
     with _runs_lock(root):
         js = job_state(run_dir)

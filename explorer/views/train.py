@@ -106,10 +106,21 @@ def job_panel(root) -> None:
         st.warning(f"{target.name} was cancelled: {target.message or 'stopped by the user'}.")
     if target.state in ("failed", "cancelled") and target.epoch < target.epochs \
             and (target.path / "model.safetensors").exists():
+        lr = None
+        if target.config is not None:
+            # A non-finite loss asks for a lower learning rate: offer a tenth of the run's.
+            lowered = target.state == "failed" and "non-finite" in (target.message or "")
+            run_lr = target.config.train.lr
+            offered = min(max(run_lr / 10 if lowered else run_lr, 1e-7), 1.0)  # within the input's range
+            lr = st.number_input("Learning rate for the rest of the run", min_value=1e-7, max_value=1.0,
+                                 value=offered, step=1e-5, format="%.1e",
+                                 key="resume_lr",
+                                 help=f"The run trained at {run_lr:g}. Adam's state is kept; only its step "
+                                      "size changes (recorded in the run's config.json).")
         if st.button(f"Resume {target.name} from its last saved epoch", key="resume_run",
                      icon=":material/play_arrow:"):
             try:
-                jobs.resume(root, target.name, common.train_threads())
+                jobs.resume(root, target.name, common.train_threads(), lr=lr)
             except (TrainerError, OSError) as e:
                 st.error(f"Could not resume {target.name}: {e}")
             else:

@@ -135,3 +135,34 @@ def test_a_killed_job_shows_failed_and_the_app_resumes_it(tmp_path, app):
         assert len(rows) > saved and load_run(run_dir).metrics == rows
     finally:
         jobs.cancel(run_dir, wait_s=5)
+
+
+def test_a_diverged_run_is_resumed_from_the_app_at_a_lower_learning_rate(runs_dir, app):
+    """A run failed on a non-finite loss: the Train page offers a tenth of its learning rate
+    for the rest of the run, and Resume trains on from the last good epoch at the rate chosen."""
+    from trainer import fit
+    from trainer.train import NonFiniteLoss
+
+    out = runs_dir / "bad"
+    cfg = load_run(out).config
+    cfg.train.epochs = 4
+    with pytest.raises(NonFiniteLoss):
+        fit(cfg, out, resume=True, lr=8.0)
+    at = app(runs_dir, view="train")
+    at.session_state["_last_job"] = "bad"
+    at.run()
+    assert not at.exception
+    lr_input = at.number_input(key="resume_lr")
+    assert lr_input.value == pytest.approx(0.8)  # a tenth of the rate that diverged
+    lr_input.set_value(3e-4)
+    at.button(key="resume_run").click().run()
+    assert not at.exception
+    try:
+        deadline = time.monotonic() + 240
+        while jobs.job_state(out).state in jobs.ACTIVE and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert jobs.job_state(out).state == "done", jobs.job_state(out)
+        run = load_run(out)
+        assert run.config.train.lr == 3e-4 and [r["epoch"] for r in run.metrics] == [1, 2, 3, 4]
+    finally:
+        jobs.cancel(out, wait_s=5)

@@ -6,8 +6,6 @@ runs finds it and follows its progress to the end."""
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import threading

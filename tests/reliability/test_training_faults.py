@@ -151,6 +151,29 @@ def test_weights_blown_up_by_the_last_step_of_an_epoch_are_never_saved(tmp_path)
     assert json.loads((out / "train_state.json").read_text())["epoch"] == 0
 
 
+def test_a_diverged_run_resumes_at_a_lower_learning_rate(runs_dir, capsys):
+    """The failure message says to lower the learning rate: `fit --resume --lr` does that,
+    from the last good checkpoint, records it in config.json, and a later --resume without
+    --lr keeps it. A bad --lr is refused before anything is touched."""
+    out = runs_dir / "bad"
+    args = ["fit", "--data", "digits", "--hidden", "32", "--threads", "1", "--quiet", "--out", str(out), "--resume"]
+    assert cli(capsys, *args, "--epochs", "4", "--lr", "1e10").code == 1  # diverges: failed, kept
+    assert read_status(out)["state"] == "failed" and "lower the learning rate" in read_status(out)["message"]
+    assert len(load_run(out).metrics) == 2
+    before = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file() and f.name != ".lock"}
+    assert_one_line_error(cli(capsys, *args, "--epochs", "4", "--lr", "-1"), "lr")
+    assert {f.name: f.read_bytes() for f in out.iterdir() if f.is_file() and f.name != ".lock"} == before
+
+    result = cli(capsys, *args, "--epochs", "4", "--lr", "3e-4")
+    assert result.code == 0, result.stderr
+    run = load_run(out)
+    assert read_status(out)["state"] == "done" and [r["epoch"] for r in run.metrics] == [1, 2, 3, 4]
+    assert all(torch.isfinite(torch.tensor(r["test_elbo"])) for r in run.metrics)
+    assert run.config.train.lr == 3e-4
+    assert cli(capsys, *args, "--epochs", "5").code == 0
+    assert load_run(out).config.train.lr == 3e-4 and len(load_run(out).metrics) == 5
+
+
 def test_divergence_after_training_keeps_the_trained_checkpoint(runs_dir):
     """A trained run resumed with a learning rate that blows up: the trained epoch's files
     stay byte for byte."""
