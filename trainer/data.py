@@ -33,6 +33,7 @@ import torch
 from . import examples
 from .errors import TrainerError
 from .mapped import ImageFiles, MappedRows, image_read_errors, use_mmap
+from .safety import sniff
 
 BUILTINS = ("digits", "shapes", "gmm2d", "linear-gaussian")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -306,21 +307,21 @@ def _check_labels(p: Path, y: np.ndarray, n: int) -> np.ndarray:
     return y
 
 
-def _check_signature(p: Path, magic: tuple[bytes, ...], what: str, writer: str) -> None:
-    """Refuse a file whose first bytes are not those of its format (a text file named .npz),
-    before numpy's reader takes anything unknown for pickled data."""
+def _check_signature(p: Path, kind: str, what: str, writer: str) -> None:
+    """Refuse a file whose first bytes are not those of `kind` (safety.sniff's name for the
+    format: a text file named .npz), before numpy's reader takes anything unknown for pickled data."""
     try:
         with open(p, "rb") as f:
-            head = f.read(8)
+            head = f.read(16)
     except OSError as e:
         raise TrainerError(f"{p}: cannot read the file ({e.strerror or e})") from None
-    if not head.startswith(magic):
+    if sniff(head) != kind:
         raise TrainerError(f"{p}: not a {what} file (its first bytes are not that format's): "
                            f"save the data with numpy's {writer}, or give the file the extension of its content")
 
 
 def _load_npz(p: Path):
-    _check_signature(p, (b"PK\x03\x04", b"PK\x05\x06"), ".npz", "np.savez")
+    _check_signature(p, "zip", ".npz", "np.savez")
     try:
         with np.load(p, allow_pickle=False) as f:
             if "x" not in f.files:
@@ -337,7 +338,7 @@ def _load_npz(p: Path):
 def _load_npy(p: Path, mmap_option: str | None = None) -> np.ndarray:
     """The array, memory-mapped (an np.memmap, never read whole) when mapped.use_mmap says so:
     a file above the size threshold, or the spec option mmap=1."""
-    _check_signature(p, (b"\x93NUMPY",), ".npy", "np.save")
+    _check_signature(p, "npy", ".npy", "np.save")
     mmap = "r" if use_mmap(p, mmap_option) else None
     try:
         return np.load(p, mmap_mode=mmap, allow_pickle=False)

@@ -250,7 +250,7 @@ class DistributedTrainer(Trainer):
             loss.backward()
 
     def agree(self, not_finite: bool, stop: bool) -> tuple[bool, bool]:
-        not_finite, stop = any_rank(not_finite, stop)  # one all-reduce a step
+        not_finite, stop = any_rank(not_finite, stop)  # one all-reduce a step, both flags in it
         return not_finite, stop
 
     def end_of_epoch(self, sums: torch.Tensor) -> dict:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer import RunConfig, TrainerError
-from trainer.runs import atomic_write_json, read_metrics, read_status, write_status
+from trainer.runs import atomic_write_json, process_alive, read_metrics, read_status, write_status
 from trainer.safety import safe_run_path
 
 from . import job_slot
@@ -99,23 +99,12 @@ def _settings(cfg: RunConfig) -> dict:
 # -- processes ---------------------------------------------------------------------------------
 
 def pid_alive(pid: object) -> bool:
-    """Whether process `pid` is running (a zombie counts as finished)."""
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    proc = _PROCS.get(pid)
+    """Whether process `pid` is running (a zombie counts as finished): for a child this app
+    started, whether it has exited; for any other, the trainer's check (runs.process_alive)."""
+    proc = _PROCS.get(pid) if isinstance(pid, int) else None
     if proc is not None:
         return proc.poll() is None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # Linux: a zombie has exited but was not reaped by its parent
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+    return process_alive(pid)
 
 
 def read_job(run_dir: Path) -> dict | None:
