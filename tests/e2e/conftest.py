@@ -29,7 +29,7 @@ from tests.e2e import harness
 from tests.e2e.harness import PAGE_S, TRAIN_S, App
 
 DEFAULT_RUN = "digits-2d"  # explorer/views/common.py DEFAULT_RUN
-FIRST_START_EPOCHS = int(os.environ.get("VAE_E2E_FIRST_EPOCHS", "30"))  # make screenshots: more epochs
+FIRST_START_EPOCHS = int(os.environ.get("VAE_E2E_FIRST_EPOCHS", "60"))  # long enough to see it train; make screenshots: 100
 
 
 def pytest_collection_modifyitems(config, items):

@@ -5,9 +5,20 @@ page says it was cancelled."""
 import json
 import re
 
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
 from tests.e2e import harness
 from tests.e2e.conftest import open_view
 from tests.e2e.harness import TRAIN_S
+
+
+SIDEBAR_TRAINING_JS = """(name) => {
+    const side = document.querySelector('[data-testid="stSidebar"]');
+    const text = side ? side.innerText : '';
+    return !text.includes('waits in the queue')
+        && new RegExp(name + ' is training: epoch [1-9][0-9]* of').test(text)
+        && side.querySelector('.st-key-active_run input').value.trim() === name;
+}"""
 
 
 def fill(page, key: str, value) -> None:
@@ -68,6 +79,18 @@ def test_cancel_a_longer_run(page, app, trained_run):
     try:
         page.get_by_text(re.compile(rf"Training {name}: epoch [1-9]\d* of {epochs}")).wait_for(
             timeout=TRAIN_S * 1000)  # one epoch done: the run has weights worth keeping
+        # The sidebar follows the job as the bar does (issue 4: on the first start it said
+        # 'digits-2d (queued)' and 'epoch 0' while the bar advanced): its job line, refreshed
+        # every second, reaches a finished epoch, and the Active run label never says queued.
+        try:
+            page.wait_for_function(SIDEBAR_TRAINING_JS, arg=name, timeout=20_000)
+        except PlaywrightTimeout:
+            side = page.locator('[data-testid="stSidebar"]').inner_text()
+            raise AssertionError(f"20 s after the bar showed a finished epoch the sidebar still did not "
+                                 f"show {name} training past epoch 0: {side!r}") from None
+        stale = [(r["epoch"], r["sidebar_label"]) for r in harness.recorded(page)
+                 if (r["epoch"] or 0) >= 1 and "queued" in (r["sidebar_label"] or "")]
+        assert not stale, f"the Active run label said queued while the bar showed epochs: {stale[:5]}"
         page.wait_for_function(harness.TRAINING_DRAWN_JS, timeout=TRAIN_S * 1000)
         harness.screenshot(page, "train")
         harness.keyed(page, "cancel_training").locator("button").click()
