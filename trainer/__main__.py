@@ -11,8 +11,9 @@ import json
 import math
 import sys
 import time
+from pathlib import Path
 
-from .config import ModelConfig, TrainConfig
+from .config import RunConfig
 from .errors import TrainerError
 
 
@@ -43,31 +44,46 @@ def _sigma_dec(s: str):
     return v
 
 
+# fit's flags that set the run's settings: argparse name -> (RunConfig section, field).
+FIT_SETTINGS = {
+    "data": (None, "data"), "arch": ("model", "arch"), "hidden": ("model", "hidden"),
+    "latent_dim": ("model", "latent_dim"), "likelihood": ("model", "likelihood"),
+    "sigma_dec": ("model", "sigma_dec"), "beta": ("train", "beta"), "kl_warmup": ("train", "kl_warmup"),
+    "mc_samples": ("train", "mc_samples"), "epochs": ("train", "epochs"),
+    "batch_size": ("train", "batch_size"), "lr": ("train", "lr"), "seed": ("train", "seed"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m trainer", description="Train and evaluate the tutorial's VAE.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     f = sub.add_parser("fit", help="train a VAE into a run folder")
-    f.add_argument("--data", default="digits", help="data spec: digits, shapes, gmm2d, linear-gaussian[:opts] or a file")
+    # The run's settings default to None here: a new run takes RunConfig's defaults (shown in
+    # --help), and --resume the run's own config.json, so only what changes needs a flag.
+    d = RunConfig()
+    f.add_argument("--data", help=f"data spec: digits, shapes, gmm2d, linear-gaussian[:opts] or a file "
+                                   f"(default {d.data})")
     f.add_argument("--out", required=True, help="run folder to write")
-    f.add_argument("--arch", choices=["mlp", "conv", "linear"], default="mlp")
-    f.add_argument("--hidden", type=_int_list, default=ModelConfig().hidden,
-                   help=f"mlp hidden sizes (default {','.join(map(str, ModelConfig().hidden))}); "
+    f.add_argument("--arch", choices=["mlp", "conv", "linear"], help=f"(default {d.model.arch})")
+    f.add_argument("--hidden", type=_int_list,
+                   help=f"mlp hidden sizes (default {','.join(map(str, d.model.hidden))}); "
                         "MNIST-sized images: e.g. 512,256")
-    f.add_argument("--latent-dim", type=int, default=2)
-    f.add_argument("--likelihood", choices=["gaussian", "bernoulli"], default="gaussian")
-    f.add_argument("--sigma-dec", type=_sigma_dec, default="learned", help="'learned' or a fixed value")
-    f.add_argument("--beta", type=float, default=1.0, help="KL weight in the training objective")
-    f.add_argument("--kl-warmup", type=int, default=0, help="epochs to ramp the KL weight from 0")
-    f.add_argument("--mc-samples", type=int, default=1, help="M, samples of z per x (eq 1.31)")
-    f.add_argument("--epochs", type=int, default=50)
-    f.add_argument("--batch-size", type=int, default=128)
-    f.add_argument("--lr", type=float, default=None,
-                   help=f"Adam learning rate (default {TrainConfig().lr:g}); with --resume: a new one for the rest")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--latent-dim", type=int, help=f"d, the size of z (default {d.model.latent_dim})")
+    f.add_argument("--likelihood", choices=["gaussian", "bernoulli"], help=f"(default {d.model.likelihood})")
+    f.add_argument("--sigma-dec", type=_sigma_dec, help=f"'learned' or a fixed value (default {d.model.sigma_dec})")
+    f.add_argument("--beta", type=float, help=f"KL weight in the training objective (default {d.train.beta:g})")
+    f.add_argument("--kl-warmup", type=int, help=f"epochs to ramp the KL weight from 0 (default {d.train.kl_warmup})")
+    f.add_argument("--mc-samples", type=int, help=f"M, samples of z per x (eq 1.31) (default {d.train.mc_samples})")
+    f.add_argument("--epochs", type=int, help=f"(default {d.train.epochs}); with --resume: the new total")
+    f.add_argument("--batch-size", type=int, help=f"(default {d.train.batch_size})")
+    f.add_argument("--lr", type=float,
+                   help=f"Adam learning rate (default {d.train.lr:g}); with --resume: a new one for the rest")
+    f.add_argument("--seed", type=int, help=f"(default {d.train.seed})")
     f.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     f.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = all cores)")
-    f.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    f.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last epoch, with its saved settings")
     f.add_argument("--nproc", type=int, default=1,
                    help="training processes on this machine (torch.distributed; starts torchrun for you)")
     f.add_argument("--quiet", action="store_true", help="no progress output")
@@ -91,16 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_fit(a) -> int:
     from .api import fit
-    from .config import RunConfig
+    from .runs import load_config
 
-    lr = TrainConfig().lr if a.lr is None else a.lr
-    cfg = RunConfig(
-        data=a.data,
-        model=ModelConfig(arch=a.arch, hidden=a.hidden, latent_dim=a.latent_dim,
-                          likelihood=a.likelihood, sigma_dec=a.sigma_dec),
-        train=TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=lr, beta=a.beta,
-                          kl_warmup=a.kl_warmup, mc_samples=a.mc_samples, seed=a.seed,
-                          device=a.device, threads=a.threads))
+    # A new run starts from the defaults; --resume from the run's saved settings (fit refuses
+    # a flag that contradicts them, except --epochs and --lr, which may change).
+    cfg = load_config(Path(a.out)) if a.resume else RunConfig()
+    cfg.train.device, cfg.train.threads = a.device, a.threads  # this machine's, not the run's
+    for flag, (section, name) in FIT_SETTINGS.items():
+        value = getattr(a, flag)
+        if value is not None:
+            setattr(getattr(cfg, section) if section else cfg, name, value)
     cfg.validate()
     from .distributed import launch, launched_by_torchrun, strip_nproc
 
@@ -185,6 +201,13 @@ def _check_seed(seed: int) -> None:
         raise TrainerError("--seed must be a non-negative integer below 2**63")
 
 
+def _say(line: str) -> None:
+    """One line to stderr in one write: the ranks of a torchrun share it, and print's separate
+    write of the newline let another rank's line land in the middle (unbuffered stderr)."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         a = build_parser().parse_args(argv)
@@ -193,19 +216,19 @@ def main(argv: list[str] | None = None) -> int:
     except TrainerError as e:
         failed = type(e).__name__ in ("NonFiniteLoss", "PeersLost")
         if _rank() > 0:  # under torchrun rank 0 speaks for the run; the others say it apart
-            print(f"rank {_rank()}: {e}", file=sys.stderr)
+            _say(f"rank {_rank()}: {e}")
         else:
-            print(f"error: {e}", file=sys.stderr)
+            _say(f"error: {e}")
         # train.NonFiniteLoss is not the user's input: the run failed while training (exit 1),
         # as does distributed.PeersLost (another training process stopped).
         # Matched by name so that a usage error does not have to import torch.
         return 1 if failed else 2
     except OSError as e:  # e.g. an output file in a folder that cannot be written
         where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or e}: choose a folder you can write to", file=sys.stderr)
+        _say(f"error: {where}{e.strerror or e}: choose a folder you can write to")
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        _say("error: interrupted")
         return 130
 
 

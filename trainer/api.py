@@ -16,7 +16,7 @@ import platform
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -57,6 +57,11 @@ class _StopFlag:
         self.event.set()
 
 
+# Training settings a resumed run keeps (as it keeps its data and model): changing them
+# midway would make it another run.
+RESUME_FIXED = ("batch_size", "beta", "kl_warmup", "mc_samples", "seed")
+
+
 def fit(cfg: RunConfig, out_dir: str | Path, resume: bool = False,
         on_epoch: Callable[[dict], None] | None = None,
         on_step: Callable[[int, int, int, int], None] | None = None,
@@ -65,9 +70,10 @@ def fit(cfg: RunConfig, out_dir: str | Path, resume: bool = False,
     """Train `cfg` into the run folder `out_dir`; returns the final state ("done" or
     "cancelled"). A user error raises TrainerError after marking the run failed.
     One process at a time trains into a folder (runs.RunLock): a second gets TrainerError.
-    With resume, training goes on with the saved settings (cfg.train.epochs may extend them);
-    `lr` then sets a new learning rate for the rest of the run (e.g. lower, after a
-    non-finite loss), recorded in its config.json."""
+    With resume, training goes on with the saved settings: cfg.train.epochs may extend them,
+    threads and device are this call's, and the others must match. `lr` then sets a new
+    learning rate for the rest of the run (e.g. lower, after a non-finite loss), recorded in
+    its config.json."""
     out = runs.check_run_dir_name(out_dir)
     cfg.validate()
     d = distributed.init_from_env(cfg.train.device)  # launched by torchrun: None in a single process
@@ -97,14 +103,24 @@ def _mark_failed_if_ours(out: Path, message: str) -> None:
             pass
 
 
+def _resume_conflicts(saved: RunConfig, cfg: RunConfig) -> list[str]:
+    """The settings of `cfg` that a resumed run cannot take over from `saved`: the data, any
+    model field, and the training fields in RESUME_FIXED."""
+    differ = ["data"] if saved.data != cfg.data else []
+    differ += [f.name for f in fields(saved.model) if getattr(saved.model, f.name) != getattr(cfg.model, f.name)]
+    return differ + [name for name in RESUME_FIXED if getattr(saved.train, name) != getattr(cfg.train, name)]
+
+
 def _fit_locked(cfg: RunConfig, out: Path, resume: bool, on_epoch, on_step, stop, handle_signals, lr) -> str:
     if resume:
         saved = runs.load_config(out)
-        for section in ("model", "data"):
-            if getattr(saved, section) != getattr(cfg, section):
-                raise TrainerError(f"--resume: the {section} settings differ from {out}/config.json; "
-                                   "resume with the same settings or train into a new folder")
+        differ = _resume_conflicts(saved, cfg)
+        if differ:
+            raise TrainerError(f"--resume: {', '.join(differ)} differ from {out}/config.json; a resumed run keeps "
+                               "its settings (only --epochs and --lr may change): leave those out or train "
+                               "into a new folder")
         saved.train.epochs = cfg.train.epochs  # resuming may extend the number of epochs
+        saved.train.threads, saved.train.device = cfg.train.threads, cfg.train.device  # this machine's
         if lr is not None and lr != saved.train.lr:  # and go on at another learning rate
             saved.train.lr = lr
             saved.validate()

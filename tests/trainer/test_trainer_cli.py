@@ -12,6 +12,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -221,8 +222,52 @@ def test_existing_run_is_not_overwritten(cli, tmp_path):
     before = (out / "model.safetensors").read_bytes()
     assert_user_error(cli(*fit_args("gmm2d:n=200", out, "--hidden", "8")), "already holds a run", "--resume")
     assert_user_error(cli(*fit_args("gmm2d:n=200", out, "--hidden", "16", "--resume")),
-                      "--resume", "model settings differ")
+                      "--resume", "hidden differ", "leave those out")
     assert (out / "model.safetensors").read_bytes() == before
+
+
+SETTINGS = ("--data", "gmm2d:n=200", "--hidden", "8", "--latent-dim", "1", "--sigma-dec", "0.5",
+            "--beta", "0.5", "--kl-warmup", "2", "--batch-size", "16", "--lr", "3e-3", "--seed", "7")
+
+
+def test_resume_needs_only_the_run_folder(cli, tmp_path):
+    """`fit --out RUN --resume` takes the data, model and training settings from RUN's
+    config.json and, without --epochs, trains to the epochs the run was started with: a
+    cancelled run finishes with the numbers an uninterrupted one gets (defaults for any of
+    the settings would change them)."""
+    from trainer import fit
+
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert cli("fit", "--out", str(whole), *SETTINGS, "--epochs", "3", "--threads", "1", "--quiet").status == 0
+    stop = threading.Event()
+    cfg = json.loads((whole / "config.json").read_text())
+    assert fit(RunConfig.from_dict(cfg), part, on_epoch=lambda row: stop.set(), stop=stop) == "cancelled"
+    config_before = (part / "config.json").read_bytes()
+
+    result = cli("fit", "--out", str(part), "--resume", "--threads", "1", "--quiet")
+    assert result.status == 0, result.stderr
+    assert json.loads((part / "status.json").read_text())["state"] == "done"
+    assert json_lines(part / "metrics.jsonl") and \
+        [r["test_elbo"] for r in json_lines(part / "metrics.jsonl")] == \
+        [r["test_elbo"] for r in json_lines(whole / "metrics.jsonl")]
+    assert (part / "config.json").read_bytes() == config_before
+
+
+def test_resume_refuses_settings_that_contradict_the_run(cli, tmp_path):
+    """A flag that would change a resumed run into another one is refused, naming the
+    setting; nothing in the folder changes. --epochs and --lr may change."""
+    out = tmp_path / "run"
+    assert cli("fit", "--out", str(out), *SETTINGS, "--epochs", "1", "--threads", "1", "--quiet").status == 0
+    before = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file() and f.name != ".lock"}
+    resume = ("fit", "--out", str(out), "--resume", "--epochs", "2", "--threads", "1", "--quiet")
+    for flags, named in [(("--batch-size", "32"), "batch_size"), (("--seed", "0"), "seed"),
+                         (("--beta", "1"), "beta"), (("--data", "digits"), "data"),
+                         (("--latent-dim", "2", "--sigma-dec", "learned"), "latent_dim, sigma_dec")]:
+        assert_user_error(cli(*resume, *flags), "--resume", f"{named} differ", "only --epochs and --lr")
+    assert {f.name: f.read_bytes() for f in out.iterdir() if f.is_file() and f.name != ".lock"} == before
+    # The same values as saved are no contradiction.
+    assert cli(*resume, "--batch-size", "16", "--hidden", "8").status == 0
+    assert len(json_lines(out / "metrics.jsonl")) == 2
 
 
 def test_resume_to_fewer_epochs_than_done(cli, tmp_path):
