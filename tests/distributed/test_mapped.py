@@ -116,8 +116,11 @@ def _write_npy(path, n: int, d: int = 512) -> None:
 def _limited(limit: int, *args) -> tuple[dict, list[str], str]:
     """`python -m trainer ARGS` under RLIMIT_DATA = limit (0: none): memlimit.py's report
     (exit status, peak data size), the command's own stdout lines, and stderr."""
+    # One malloc arena for all threads: glibc otherwise reserves 64 MiB of address space (counted
+    # by RLIMIT_DATA, mostly unused) per thread that happens to allocate, which one run does and
+    # the next may not; the calibration run and the limited runs must be measured alike.
     p = subprocess.run([sys.executable, str(MEMLIMIT), str(limit), *map(str, args)], cwd=ROOT,
-                       env=trainer_env(), capture_output=True, text=True, timeout=600)
+                       env=trainer_env(MALLOC_ARENA_MAX="1"), capture_output=True, text=True, timeout=600)
     lines = p.stdout.strip().splitlines()
     assert lines, p.stderr
     return json.loads(lines[-1]), lines[:-1], p.stderr

@@ -40,7 +40,7 @@ def start_training(page, app, name: str, epochs: int, batch_size: int) -> None:
 
 
 def test_train_from_the_form(page, app, trained_run):
-    name, epochs = "form-run", 20
+    name, epochs = "form-run", 40  # several seconds of training: the bar is redrawn a few times
     start_training(page, app, name, epochs, batch_size=32)
     page.get_by_text(f"{name} finished {epochs} epochs").wait_for(timeout=TRAIN_S * 1000)
     harness.wait_idle(page)
