@@ -111,6 +111,9 @@ def cmd_fit(a) -> int:
 
     # A new run starts from the defaults; --resume from the run's saved settings (fit refuses
     # a flag that contradicts them, except --epochs and --lr, which may change).
+    if a.resume and not (Path(a.out) / "config.json").exists():
+        raise TrainerError(f"--resume: {a.out} holds no run to resume (no config.json): check --out, "
+                           "or leave out --resume to start a new run there")
     cfg = load_config(Path(a.out)) if a.resume else RunConfig()
     cfg.train.device, cfg.train.threads = a.device, a.threads  # this machine's, not the run's
     for flag, (section, name) in FIT_SETTINGS.items():

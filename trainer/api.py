@@ -116,7 +116,8 @@ def _fit_locked(cfg: RunConfig, out: Path, resume: bool, on_epoch, on_step, stop
         saved = runs.load_config(out)
         differ = _resume_conflicts(saved, cfg)
         if differ:
-            raise TrainerError(f"--resume: {', '.join(differ)} differ from {out}/config.json; a resumed run keeps "
+            verb = "differs" if len(differ) == 1 else "differ"
+            raise TrainerError(f"--resume: {', '.join(differ)} {verb} from {out}/config.json; a resumed run keeps "
                                "its settings (only --epochs and --lr may change): leave those out or train "
                                "into a new folder")
         saved.train.epochs = cfg.train.epochs  # resuming may extend the number of epochs

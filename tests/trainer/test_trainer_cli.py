@@ -265,6 +265,9 @@ def test_resume_refuses_settings_that_contradict_the_run(cli, tmp_path):
                          (("--latent-dim", "2", "--sigma-dec", "learned"), "latent_dim, sigma_dec")]:
         assert_user_error(cli(*resume, *flags), "--resume", f"{named} differ", "only --epochs and --lr")
     assert {f.name: f.read_bytes() for f in out.iterdir() if f.is_file() and f.name != ".lock"} == before
+    # A folder with no run is nothing to resume (and is not created).
+    assert_user_error(cli("fit", "--out", str(tmp_path / "none"), "--resume"), "holds no run to resume", "--out")
+    assert not (tmp_path / "none").exists()
     # The same values as saved are no contradiction.
     assert cli(*resume, "--batch-size", "16", "--hidden", "8").status == 0
     assert len(json_lines(out / "metrics.jsonl")) == 2
