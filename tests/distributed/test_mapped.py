@@ -116,11 +116,16 @@ def _write_npy(path, n: int, d: int = 512) -> None:
 def _limited(limit: int, *args) -> tuple[dict, list[str], str]:
     """`python -m trainer ARGS` under RLIMIT_DATA = limit (0: none): memlimit.py's report
     (exit status, peak data size), the command's own stdout lines, and stderr."""
-    # One malloc arena for all threads: glibc otherwise reserves 64 MiB of address space (counted
-    # by RLIMIT_DATA, mostly unused) per thread that happens to allocate, which one run does and
-    # the next may not; the calibration run and the limited runs must be measured alike.
+    # glibc malloc made steady, so that the calibration run and the limited runs are measured
+    # alike: one arena for all threads (no per-thread 64 MiB reservations, which one run makes and
+    # the next may not), and every block of 128 KiB or more its own mapping, returned when freed
+    # (by default the threshold grows, and large freed buffers stay in a fragmented heap). Peaks
+    # of the .npy runs measured on the development machine, 4 times each: small fit 264-265 MiB,
+    # large fit 288 MiB; with glibc's defaults 270-274 and 306-341 MiB (3 times). With one arena
+    # alone the large limited run once failed to allocate.
     p = subprocess.run([sys.executable, str(MEMLIMIT), str(limit), *map(str, args)], cwd=ROOT,
-                       env=trainer_env(MALLOC_ARENA_MAX="1"), capture_output=True, text=True, timeout=600)
+                       env=trainer_env(MALLOC_ARENA_MAX="1", MALLOC_MMAP_THRESHOLD_="131072"),
+                       capture_output=True, text=True, timeout=600)
     lines = p.stdout.strip().splitlines()
     assert lines, p.stderr
     return json.loads(lines[-1]), lines[:-1], p.stderr
