@@ -6,6 +6,7 @@ matters: signals, a pickle that must never run)."""
 from __future__ import annotations
 
 import os
+import pickletools
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,26 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
+
+
+class MakesMarker:
+    """A pickle payload: loading `pickle.dumps(MakesMarker(path))` would run `touch path`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def assert_pickle_would_touch(payload: bytes, marker: Path) -> None:
+    """Control, without loading the pickle: its opcodes (pickletools) import os.system and call
+    it on `touch marker`, so the tests that find no marker show that nothing loaded it."""
+    ops = list(pickletools.genops(payload))
+    words = {w for op, arg, _ in ops if isinstance(arg, str) for w in arg.split()}  # GLOBAL: "posix system"
+    strings = [arg for _, arg, _ in ops if isinstance(arg, str)]
+    assert "system" in words and words & {"os", "posix"}, strings
+    assert f"touch {marker}" in strings and any(op.name == "REDUCE" for op, _, _ in ops), strings
 
 
 @pytest.fixture(autouse=True)

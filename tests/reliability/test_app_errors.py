@@ -16,8 +16,8 @@ from explorer.services import jobs
 from trainer import RunConfig, load_run
 from trainer.runs import read_metrics
 
-from .conftest import ROOT
-from .test_checkpoints import CONFIGS, DAMAGES, _edit_config, _MakesMarker
+from .conftest import ROOT, MakesMarker
+from .test_checkpoints import CONFIGS, DAMAGES, _edit_config
 
 VIEWS = ["latent-map", "interpolate", "elbo", "generate"]
 APP_CASES = {
@@ -86,7 +86,7 @@ def test_bad_config_in_the_app(case, runs_dir, app):
 
 def test_pickle_as_weights_in_the_app_never_runs(runs_dir, app, tmp_path):
     marker = tmp_path / "MARKER"
-    (runs_dir / "bad" / "model.safetensors").write_bytes(pickle.dumps(_MakesMarker(marker)))
+    (runs_dir / "bad" / "model.safetensors").write_bytes(pickle.dumps(MakesMarker(marker)))
     for view in VIEWS:
         _one_line_error(app(runs_dir, run="bad", view=view).run(), "not a safetensors file")
     assert not marker.exists()

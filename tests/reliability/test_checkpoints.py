@@ -5,7 +5,6 @@ other runs in the same folder stay usable."""
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import resource
 import struct
@@ -18,7 +17,14 @@ from safetensors.torch import load_file, save_file
 
 from trainer import TrainerError, load_run
 
-from .conftest import assert_one_line_error, assert_usable, cli, cli_process
+from .conftest import (
+    MakesMarker,
+    assert_one_line_error,
+    assert_pickle_would_touch,
+    assert_usable,
+    cli,
+    cli_process,
+)
 
 MODEL = "model.safetensors"
 
@@ -166,24 +172,14 @@ def test_every_single_bit_flip_in_the_header_is_refused_cleanly(runs_dir):
     assert outcomes["refused"] > 0.9 * 3 * header_len, outcomes
 
 
-class _MakesMarker:
-    """Unpickling this object runs `touch MARKER`."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 @pytest.mark.parametrize("fmt", ["pickle", "torch.save"])
 def test_pickle_renamed_to_safetensors_never_runs(fmt, runs_dir, tmp_path, capsys):
     marker = tmp_path / "MARKER"
     bad = runs_dir / "bad"
     if fmt == "pickle":
-        (bad / MODEL).write_bytes(pickle.dumps({"w": _MakesMarker(marker)}))
+        (bad / MODEL).write_bytes(pickle.dumps({"w": MakesMarker(marker)}))
     else:
-        torch.save({"w": _MakesMarker(marker)}, bad / MODEL)
+        torch.save({"w": MakesMarker(marker)}, bad / MODEL)
 
     with pytest.raises(TrainerError, match="not a safetensors file"):
         load_run(bad)
@@ -194,17 +190,16 @@ def test_pickle_renamed_to_safetensors_never_runs(fmt, runs_dir, tmp_path, capsy
 
 
 def test_pickle_payload_is_real_control(tmp_path):
-    """Control: the payload used above does create the marker when it *is* unpickled."""
+    """Control: the payload used above would create the marker if it were unpickled."""
     marker = tmp_path / "MARKER"
-    pickle.loads(pickle.dumps(_MakesMarker(marker)))
-    assert marker.exists()
+    assert_pickle_would_touch(pickle.dumps(MakesMarker(marker)), marker)
 
 
 def test_pickle_through_real_cli_processes(runs_dir, tmp_path):
     """The same, through `python -m trainer eval` and `sample` as separate processes."""
     marker = tmp_path / "MARKER"
     bad = runs_dir / "bad"
-    (bad / MODEL).write_bytes(pickle.dumps(_MakesMarker(marker)))
+    (bad / MODEL).write_bytes(pickle.dumps(MakesMarker(marker)))
     for args in (("eval", bad, "--k", "5", "--threads", "1"), ("sample", bad, "--out", tmp_path / "s.png")):
         assert_one_line_error(cli_process(*args), "not a safetensors file")
     assert not marker.exists()

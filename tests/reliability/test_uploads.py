@@ -24,6 +24,8 @@ from explorer.services import uploads
 from trainer import TrainerError
 from trainer.safety import UploadLimits, check_upload, sniff
 
+from .conftest import MakesMarker, assert_pickle_would_touch
+
 # -- building files ------------------------------------------------------------------------------
 
 
@@ -104,14 +106,6 @@ def idx_bytes(images: np.ndarray) -> bytes:
         images.astype(np.uint8).tobytes()
 
 
-class _Marker:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.path}",))
-
-
 DIGITS = np.random.default_rng(0).integers(0, 256, (20, 8, 8), dtype=np.uint8)
 
 # -- the app's upload path ------------------------------------------------------------------------
@@ -160,13 +154,12 @@ def test_wrong_content_behind_a_right_extension(case, tmp_path):
 
 def test_object_array_inside_npz_is_never_unpickled(tmp_path):
     marker = tmp_path / "MARKER"
-    payload = np.array([_Marker(marker)], dtype=object)
+    payload = np.array([MakesMarker(marker)], dtype=object)
     data = zip_bytes({"x.npy": npy_bytes(payload, allow_pickle=True)})
     refused(tmp_path, [("evil.npz", data)], "evil.npz[x]", "not plain numbers")
     refused(tmp_path, [("evil.npy", npy_bytes(payload, allow_pickle=True))], "not plain numbers")
     assert not marker.exists()
-    pickle.loads(pickle.dumps(_Marker(marker)))  # control: the payload is real
-    assert marker.exists()
+    assert_pickle_would_touch(pickle.dumps(MakesMarker(marker)), marker)  # control: the payload is real
 
 
 def test_zip_bomb_by_unpacked_size(tmp_path):
