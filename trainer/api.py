@@ -29,7 +29,7 @@ from .data import Dataset, check_likelihood, load_dataset
 from .elbo import elbo_terms, log_px
 from .errors import TrainerError
 from .model import VAE, DiagonalGaussian
-from .train import Callbacks, NonFiniteLoss, pick_device, set_threads
+from .train import Callbacks, NonFiniteLoss, set_threads
 
 
 def _versions() -> dict[str, str]:
@@ -136,7 +136,7 @@ def _fit_locked(cfg: RunConfig, out: Path, resume: bool, on_epoch, on_step, stop
             raise TrainerError(f"cannot create the run folder {out} ({e.strerror})") from None
 
     threads = set_threads(cfg.train.threads)
-    device = pick_device(cfg.train.device)
+    device = distributed.run_device(cfg.train.device)  # under torchrun: this rank's GPU, or the CPU
     stop_flag = _StopFlag()
     if stop is not None:
         stop_flag.event = stop

@@ -23,8 +23,12 @@ How the work is shared among the W processes ("ranks"; this one is rank r):
     resolved config, weights, Adam state, generators and counters come from rank 0 by
     broadcast when training starts, so --resume needs no file system shared between machines.
 
-Backends: gloo on CPU; on CUDA nccl (with gloo beside it for the small CPU messages). With
---device cuda each rank uses the GPU of its local rank.
+Backends: gloo on CPU; on CUDA nccl (with gloo beside it for the small CPU messages). On
+CUDA each rank uses the GPU of its local rank, so a machine needs a GPU for each of its
+processes: --device cuda refuses fewer, and --device auto then trains on the CPUs (see
+rank_device_for). The ranks draw the same noise from the same seed on GPUs of one model;
+on mixed models CUDA's random kernels may split the work differently, which changes the
+noise but not the correctness of the gradient (each rank uses the eps of its own rows).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from .data import Dataset, load_dataset
 from .elbo import elbo_terms
 from .errors import TrainerError
 from .model import VAE
-from .train import Callbacks, Trainer, pick_device, set_threads
+from .train import NO_GPU, Callbacks, Trainer, pick_device, set_threads
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # elbo.active_units' rule: Cov_x(E_q[z_j]) above this
 
@@ -63,6 +67,7 @@ class Dist:
     world_size: int  # processes training the run
     local_rank: int  # this process among those on its machine (its GPU with --device cuda)
     backend: str  # "gloo" or "cpu:gloo,cuda:nccl"
+    device: torch.device  # where this rank trains: cuda:<local_rank>, or cpu
 
     @property
     def is_writer(self) -> bool:
@@ -93,17 +98,19 @@ def init_from_env(device_name: str = "auto") -> Dist | None:
         return None
     rank, world = env_rank(), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
-    use_cuda = device_name != "cpu" and torch.cuda.is_available()
-    backend = "cpu:gloo,cuda:nccl" if use_cuda else "gloo"
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)) or world)
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device = rank_device_for(device_name, local_rank, local_world, n_gpus)  # before joining: no peer waits
+    backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     try:
         dist.init_process_group(backend=backend)
     except (RuntimeError, ValueError) as e:
         raise PeersLost(f"cannot join the other training processes ({_first_line(e)}): check "
                         "--rdzv-endpoint (or MASTER_ADDR/MASTER_PORT) and that every node started") from None
     atexit.register(shutdown)
-    _current = Dist(rank, world, local_rank, backend)
+    _current = Dist(rank, world, local_rank, backend, device)
     return _current
 
 
@@ -119,9 +126,24 @@ def shutdown() -> None:
     _current = None
 
 
-def rank_device(device: torch.device, d: Dist) -> torch.device:
-    """The device of this rank: its own GPU (by local rank) for CUDA, else `device`."""
-    return torch.device("cuda", d.local_rank) if device.type == "cuda" else device
+def rank_device_for(device_name: str, local_rank: int, local_world: int, n_gpus: int) -> torch.device:
+    """The device of the rank `local_rank` of `local_world` processes on a machine with
+    `n_gpus` GPUs, for --device `device_name`: its own GPU, cuda:<local_rank>, when the run
+    trains on CUDA, else the CPU. CUDA needs a GPU for each process on the machine: --device
+    cuda with fewer is refused (TrainerError), --device auto then takes the CPUs."""
+    if device_name == "cuda" and local_world > n_gpus:
+        if n_gpus == 0:
+            raise TrainerError(NO_GPU)
+        raise TrainerError(f"--device cuda with {local_world} processes on this machine needs a GPU for each, "
+                           f"and it has {n_gpus}: use --nproc {n_gpus}, or --device cpu")
+    if device_name != "cpu" and 0 < local_world <= n_gpus:
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def run_device(device_name: str) -> torch.device:
+    """Where this process trains: its rank's device in a process group, else pick_device's."""
+    return _current.device if _current is not None else pick_device(device_name)
 
 
 # -- collectives ---------------------------------------------------------------------------------
@@ -211,8 +233,8 @@ class _ElboTerms(nn.Module):
 class DistributedTrainer(Trainer):
     """A Trainer whose steps are shared by the ranks of the process group (see the module doc)."""
 
-    def __init__(self, cfg: RunConfig, data: Dataset, device: torch.device, d: Dist):
-        super().__init__(cfg, data, rank_device(device, d))
+    def __init__(self, cfg: RunConfig, data: Dataset, d: Dist):
+        super().__init__(cfg, data, d.device)
         self.dist = d
         with collective("starting DistributedDataParallel"):
             self.ddp = DistributedDataParallel(
@@ -304,7 +326,7 @@ def follow(cfg: RunConfig, d: Dist, stop=None, handle_signals: bool = False) -> 
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
     set_threads(cfg.train.threads)
-    trainer = DistributedTrainer(cfg, load_dataset(cfg.data, cfg.train.seed), pick_device(cfg.train.device), d)
+    trainer = DistributedTrainer(cfg, load_dataset(cfg.data, cfg.train.seed), d)
     return trainer.run(Callbacks(should_stop=stop.is_set))
 
 
@@ -318,7 +340,7 @@ def make_trainer(cfg: RunConfig, data: Dataset, device: torch.device) -> Trainer
         return Trainer(cfg, data, device)
     broadcast_json(cfg.to_dict(), d)
     _settings_sent = True
-    return DistributedTrainer(cfg, data, device, d)
+    return DistributedTrainer(cfg, data, d)
 
 
 @contextmanager

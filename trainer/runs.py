@@ -290,6 +290,11 @@ class RunLock:
 # -- checkpoints -----------------------------------------------------------------------------
 
 OPTIM_NEXT = "optim.safetensors.next"  # the optimizer state of a save in progress
+# torch.Generator.get_state(): a CPU generator's (Mersenne Twister) state, and a CUDA
+# generator's (Philox: its seed and offset, two 64-bit integers, as ATen's CUDAGeneratorImpl
+# writes them). Both are uint8 tensors on the CPU, and set_state takes them back so.
+CPU_GENERATOR_STATE_BYTES = torch.Generator().get_state().numel()
+CUDA_GENERATOR_STATE_BYTES = 16
 
 
 def save_checkpoint(run_dir: Path, model: VAE, optimizer_state: dict[str, torch.Tensor] | None,
@@ -360,12 +365,13 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def load_safetensors(path: Path, what: str,
-                     expected: dict[str, tuple[tuple[int, ...], torch.dtype]] | None = None,
+                     expected: dict[str, tuple[tuple[int, ...] | list[tuple[int, ...]], torch.dtype]] | None = None,
                      allow_missing: bool = False) -> dict[str, torch.Tensor]:
     """Read a safetensors file without ever running code from it.
 
-    With `expected` ({name: (shape, dtype)}), the header is checked first: the same keys
-    (or a subset, with `allow_missing`), shapes and dtypes; only then are tensors read, so a
+    With `expected` ({name: (shape, dtype)}, or (a list of accepted shapes, dtype)), the
+    header is checked first: the same keys (or a subset, with `allow_missing`), shapes and
+    dtypes; only then are tensors read, so a
     damaged or hostile file cannot make us allocate more than the architecture needs.
     Every tensor read is checked to be finite. Raises TrainerError with a one-line message."""
     path = Path(path)
@@ -386,8 +392,10 @@ def load_safetensors(path: Path, what: str,
                     sl = f.get_slice(k)
                     shape, dtype = list(sl.get_shape()), sl.get_dtype()
                     want_shape, want_dtype = expected[k]
-                    if shape != list(want_shape):
-                        raise TrainerError(f"{path}: tensor {k} has shape {shape}, expected {list(want_shape)}")
+                    accepted = [list(w) for w in want_shape] if isinstance(want_shape, list) else [list(want_shape)]
+                    if shape not in accepted:
+                        want = " or ".join(str(w) for w in accepted)
+                        raise TrainerError(f"{path}: tensor {k} has shape {shape}, expected {want}")
                     if dtype != _dtype_name(want_dtype):
                         raise TrainerError(f"{path}: tensor {k} has dtype {dtype}, expected {_dtype_name(want_dtype)}")
             tensors = {k: f.get_tensor(k).clone() for k in sorted(keys)}
@@ -454,9 +462,9 @@ def load_optim_state(run_dir: Path, model: VAE) -> dict[str, torch.Tensor]:
         expected[f"adam.{i}.exp_avg"] = (tuple(p.shape), torch.float32)
         expected[f"adam.{i}.exp_avg_sq"] = (tuple(p.shape), torch.float32)
         expected[f"adam.{i}.step"] = ((), torch.float32)
-    gen_state = torch.Generator().get_state()
-    for name in ("rng.shuffle", "rng.eps"):
-        expected[name] = (tuple(gen_state.shape), gen_state.dtype)
+    expected["rng.shuffle"] = ((CPU_GENERATOR_STATE_BYTES,), torch.uint8)
+    # the noise generator is on the training device: either state may have been saved
+    expected["rng.eps"] = ([(CPU_GENERATOR_STATE_BYTES,), (CUDA_GENERATOR_STATE_BYTES,)], torch.uint8)
     tensors = load_safetensors(path, "optim.safetensors", expected, allow_missing=True)
     if "rng.shuffle" not in tensors or "rng.eps" not in tensors:
         raise TrainerError(f"{path}: optim.safetensors lacks the random generator states: retrain instead of resuming")

@@ -11,6 +11,7 @@ slow later epochs).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -29,10 +30,13 @@ class NonFiniteLoss(TrainerError):
     """The loss became NaN or infinite; the weights of the last finished epoch are kept."""
 
 
+NO_GPU = "--device cuda was asked for but no CUDA GPU is available: use --device cpu"
+
+
 def pick_device(name: str) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise TrainerError("--device cuda was asked for but no CUDA GPU is available: use --device cpu")
+            raise TrainerError(NO_GPU)
         return torch.device("cuda")
     return torch.device("cpu")
 
@@ -119,10 +123,22 @@ class Trainer:
         try:
             self.optimizer.load_state_dict(sd)
             self.gen_shuffle.set_state(tensors["rng.shuffle"])
-            self.gen_eps.set_state(tensors["rng.eps"].to(self.gen_eps.device) if self.device.type != "cpu"
-                                   else tensors["rng.eps"])
+            self.restore_eps_generator(tensors["rng.eps"])
         except (KeyError, ValueError, RuntimeError) as e:
             raise TrainerError(f"optim.safetensors does not match this run ({str(e)[:80]}): retrain instead of resuming") from None
+
+    def restore_eps_generator(self, state: torch.Tensor) -> None:
+        """Continue the noise stream from a saved state (a uint8 CPU tensor on every device).
+        A state saved by another kind of device (a run trained on a GPU, resumed on the CPU,
+        or back) cannot continue here: CPU generators keep a Mersenne Twister state, CUDA's a
+        Philox seed and offset. The stream then restarts from a seed taken from the saved
+        bytes, so the same checkpoint still resumes to the same numbers. (Such a run cannot
+        repeat an uninterrupted one anyway: the two devices round differently.)"""
+        if state.shape == self.gen_eps.get_state().shape:
+            self.gen_eps.set_state(state.cpu())
+        else:
+            digest = hashlib.sha256(state.cpu().numpy().tobytes()).digest()
+            self.gen_eps.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
     def nonfinite_loss(self) -> NonFiniteLoss:
         return NonFiniteLoss(

@@ -167,6 +167,26 @@ def test_cuda_one_process_trains(tmp_path):
     load_run(out)  # GPU weights load on the CPU
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_a_cuda_run_resumes_on_the_gpu_and_on_the_cpu(tmp_path):
+    """Resumed on the GPU, a run goes on as if uninterrupted (the CUDA noise state restored);
+    resumed on the CPU, it goes on with the saved weights and Adam state and new noise."""
+    straight, gpu, cpu = tmp_path / "straight", tmp_path / "gpu", tmp_path / "cpu"
+    assert run_trainer("fit", *FIT_ARGS, "--epochs", "3", "--device", "cuda", "--out", straight).code == 0
+    first = run_trainer("fit", *FIT_ARGS, "--device", "cuda", "--out", gpu)
+    assert first.code == 0, first.stderr
+    shutil.copytree(gpu, cpu)
+    on_gpu = run_trainer("fit", "--resume", "--epochs", "3", "--device", "cuda", "--threads", "1", "--out", gpu)
+    assert on_gpu.code == 0, on_gpu.stderr
+    assert_rows_close(runs.read_metrics(gpu), runs.read_metrics(straight))
+    assert_weights_close(weights(gpu), weights(straight), atol=1e-5)
+    on_cpu = run_trainer("fit", "--resume", "--epochs", "3", "--device", "cpu", "--threads", "1", "--out", cpu)
+    assert on_cpu.code == 0, on_cpu.stderr
+    rows = runs.read_metrics(cpu)
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and math.isfinite(rows[-1]["test_elbo"])
+    assert abs(rows[-1]["test_elbo"] - runs.read_metrics(straight)[-1]["test_elbo"]) < 1.0
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (nccl), this machine has fewer")
 def test_two_gpus_train_the_weights_of_one_gpu(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"

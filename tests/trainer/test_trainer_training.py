@@ -92,6 +92,59 @@ def test_resume_after_a_cancel_mid_epoch_matches_an_uninterrupted_run(tmp_path):
     assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "stopped"))
 
 
+def _replace_the_noise_generator_state(run_dir, state: torch.Tensor) -> None:
+    """Put `state` in place of the saved noise generator state of optim.safetensors (the
+    CPU's, as this machine trains), keeping every other tensor and the metadata."""
+    from safetensors import safe_open
+    from safetensors.torch import save as st_save
+
+    path = run_dir / "optim.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    assert tensors["rng.eps"].shape == (runs.CPU_GENERATOR_STATE_BYTES,)
+    tensors["rng.eps"] = state
+    runs.atomic_write_bytes(path, st_save(tensors, metadata=meta))
+
+
+def test_a_run_saved_on_a_gpu_resumes_on_the_cpu_reproducibly(tmp_path):
+    """A run whose noise generator was saved on CUDA resumes on the CPU: the Adam state and
+    the shuffling continue, the noise restarts from a seed taken from the saved state, and
+    the same checkpoint resumes to the same numbers."""
+    import shutil
+
+    fit(cfg_small(3), tmp_path / "straight")
+    fit(cfg_small(2), tmp_path / "a")
+    # what a CUDA generator saves (Philox: its seed and offset as two int64, 16 bytes)
+    cuda_state = torch.tensor([12345, 4 * 24], dtype=torch.int64).view(torch.uint8)
+    assert cuda_state.shape == (runs.CUDA_GENERATOR_STATE_BYTES,)
+    _replace_the_noise_generator_state(tmp_path / "a", cuda_state)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    for d in ("a", "b"):
+        assert fit(cfg_small(3), tmp_path / d, resume=True) == "done"
+    rows_a, rows_b = (runs.read_metrics(tmp_path / d) for d in ("a", "b"))
+    assert [r["epoch"] for r in rows_a] == [1, 2, 3]
+    assert numbers(rows_a) == numbers(rows_b)
+    assert_same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"))
+    # the noise of epoch 3 is new (an ignored state would have repeated the straight run)...
+    straight = runs.read_metrics(tmp_path / "straight")
+    assert numbers(rows_a)[:2] == numbers(straight)[:2]
+    assert rows_a[2]["train_elbo"] != straight[2]["train_elbo"]
+    # ...while the training goes on where it was: the ELBO stays near the straight run's
+    assert abs(rows_a[2]["test_elbo"] - straight[2]["test_elbo"]) < 0.05 * abs(straight[2]["test_elbo"])
+
+
+def test_a_noise_generator_state_of_neither_device_is_refused(tmp_path):
+    fit(cfg_small(1), tmp_path / "r")
+    _replace_the_noise_generator_state(tmp_path / "r", torch.zeros(100, dtype=torch.uint8))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir() if p.is_file()}
+    expected = rf"rng.eps has shape \[100\], expected \[{runs.CPU_GENERATOR_STATE_BYTES}\] or \[16\]"
+    with pytest.raises(runs.TrainerError, match=expected):
+        fit(cfg_small(2), tmp_path / "r", resume=True)
+    after = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir() if p.is_file()}
+    assert {k: v for k, v in after.items() if k != "status.json"} == \
+        {k: v for k, v in before.items() if k != "status.json"}
+
+
 def test_save_and_load_round_trip_bit_exactly(tmp_path):
     """Weights trained in memory, saved by save_checkpoint and read back by load_model (and
     load_run) are the same bits, and the loaded model computes the same numbers."""
