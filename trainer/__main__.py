@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--mc-samples", type=int, default=1)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--threads", type=int, default=0)
+    e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where the model runs (a GPU's noise differs from the CPU's: Monte Carlo noise)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
 
     s = sub.add_parser("sample", help="decode samples from the prior into a PNG grid (Fig 1.7)")
@@ -162,7 +164,7 @@ def cmd_eval(a) -> int:
     if not 0 <= a.threads <= 1024:
         raise TrainerError("--threads must be between 0 (all cores) and 1024")
     set_threads(a.threads)
-    result = evaluate_run(load_run(a.run_dir), a.split, a.k, a.mc_samples, a.seed)
+    result = evaluate_run(load_run(a.run_dir), a.split, a.k, a.mc_samples, a.seed, device=a.device)
     if a.json:
         print(json.dumps(result))
     else:

@@ -29,7 +29,7 @@ from .data import Dataset, check_likelihood, load_dataset
 from .elbo import elbo_terms, log_px
 from .errors import TrainerError
 from .model import VAE, DiagonalGaussian
-from .train import Callbacks, NonFiniteLoss, set_threads
+from .train import Callbacks, NonFiniteLoss, pick_device, set_threads
 
 
 def _versions() -> dict[str, str]:
@@ -289,27 +289,33 @@ def load_run(path: str | Path) -> Run:
 
 
 def evaluate_run(run: Run, split: str = "test", k: int = 1000, mc_samples: int = 1, seed: int = 0,
-                 batch_size: int = 500) -> dict:
+                 batch_size: int = 500, device: str = "cpu") -> dict:
     """Per-sample means over a split (nats, log-likelihood sign): elbo, recon, kl, log_px, gap,
-    active_units, and exact_log_px where the data set knows it."""
+    active_units, and exact_log_px where the data set knows it. `device` ("cpu", "cuda" or
+    "auto") is where the model runs; the noise differs between devices, so the estimates
+    on a GPU differ from the CPU's by Monte Carlo noise (run.model itself stays put)."""
+    import copy
+
     from .elbo import active_units
 
     data = run.load_data()
     x = data.x_test if split == "test" else data.x_train
-    gen = torch.Generator().manual_seed(seed)
+    where = pick_device(device)
+    model = run.model if where.type == "cpu" else copy.deepcopy(run.model).to(where)
+    gen = torch.Generator(device=where).manual_seed(seed)
     sums = {"elbo": 0.0, "recon": 0.0, "kl": 0.0, "log_px": 0.0, "exact_log_px": 0.0}
     mus, kl_dims = [], []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             xb = x[i:i + batch_size]
-            t = elbo_terms(run.model, xb, mc_samples, gen)
+            t = elbo_terms(model, xb.to(where), mc_samples, gen)
             for key in ("elbo", "recon", "kl"):
                 sums[key] += float(t[key].double().sum())
-            sums["log_px"] += float(log_px(run.model, xb, k, gen).double().sum())
+            sums["log_px"] += float(log_px(model, xb.to(where), k, gen).double().sum())
             if data.exact_log_px is not None:
                 sums["exact_log_px"] += float(data.exact_log_px(xb).double().sum())
-            mus.append(t["mu"])
-            kl_dims.append(t["kl_per_dim"].double().sum(0))
+            mus.append(t["mu"].cpu())
+            kl_dims.append(t["kl_per_dim"].double().sum(0).cpu())
     n = len(x)
     out = {"n": n, "split": split, "k": k, "mc_samples": mc_samples}
     out.update({key: v / n for key, v in sums.items()})

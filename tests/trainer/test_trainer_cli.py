@@ -16,6 +16,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.conftest import ROOT
@@ -347,6 +348,7 @@ def test_bad_run_folder(cli, good_run, tmp_path, damage, fragment, command):
     (["--split", "valid"], ["--split", "invalid choice"]),
     (["--threads", "-1"], ["--threads must be between 0"]),
     (["--seed", "-1"], ["--seed must be a non-negative integer"]),
+    (["--device", "tpu"], ["--device", "invalid choice"]),
 ])
 def test_bad_eval_option(cli, good_run, args, fragments):
     assert_user_error(cli("eval", str(good_run), *args), *fragments)
@@ -397,6 +399,23 @@ def test_eval_json_has_no_exact_log_px_without_a_known_density(cli, good_run):
     out = json.loads(cli("eval", str(good_run), "--k", "5", "--json").stdout)
     assert EVAL_KEYS <= set(out) and "exact_log_px" not in out
     assert out["n"] == 359
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_eval_on_cuda_without_a_gpu_is_a_one_line_error(cli, good_run):
+    assert_user_error(cli("eval", str(good_run), "--k", "5", "--device", "cuda"),
+                      "--device cuda was asked for but no CUDA GPU is available: use --device cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_eval_on_a_gpu_agrees_with_the_cpu(cli, gmm_run):
+    """The same estimates up to Monte Carlo noise (the GPU draws other noise); exact terms equal."""
+    cpu, gpu = (json.loads(cli("eval", str(gmm_run), "--k", "200", "--mc-samples", "20", "--json",
+                               "--device", d).stdout) for d in ("cpu", "cuda"))
+    assert cpu["n"] == gpu["n"] and cpu["exact_log_px"] == pytest.approx(gpu["exact_log_px"], abs=1e-6)
+    for key in ("elbo", "recon", "log_px"):
+        assert gpu[key] == pytest.approx(cpu[key], abs=0.05), key  # seed to seed on the CPU: s.d. 0.005
+    assert gpu["kl"] == pytest.approx(cpu["kl"], abs=1e-4)  # the KL is closed form: no noise
 
 
 def test_eval_text_output(cli, good_run):
