@@ -143,7 +143,8 @@ def project(mu: np.ndarray, method: str = "PCA", seed: int = 0) -> Projection:
     if method == "UMAP":
         import umap  # optional dependency
 
-        xy = umap.UMAP(n_components=2, random_state=seed).fit_transform(mu)
+        # one job: a seeded UMAP is serial anyway (it says so in a warning if asked for more)
+        xy = umap.UMAP(n_components=2, random_state=seed, n_jobs=1).fit_transform(mu)
         return Projection("UMAP", np.asarray(xy), ("UMAP 1", "UMAP 2"), mu)
     raise ValueError(f"unknown projection {method!r}")
 
