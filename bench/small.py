@@ -26,10 +26,10 @@ _APP_FIRST_START = """
 import json, sys
 from pathlib import Path
 from explorer.services import jobs
-from explorer.views.common import default_config, train_threads
+from explorer.views.common import default_config
 cfg = default_config()
-print(json.dumps({"config": cfg.to_dict(), "threads": train_threads(),
-                  "command": jobs.fit_command(cfg, Path(sys.argv[1]), train_threads())}))
+print(json.dumps({"config": cfg.to_dict(), "threads": jobs.train_threads(),
+                  "command": jobs.fit_command(cfg, Path(sys.argv[1]), jobs.train_threads())}))
 """
 
 

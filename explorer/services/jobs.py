@@ -189,6 +189,19 @@ def _same(saved: dict, want: dict) -> bool:
         return False
 
 
+def train_threads(cores: int | None = None) -> int:
+    """Torch threads for a job the app starts: $VAE_TRAIN_THREADS, else this machine's cores
+    (`cores`, by default those this process may use) less one, kept for the app's server and
+    the browser; between 1 and 4. On 2 cores a second training thread does not speed up the
+    default model, and it made the app itself wait (README, Performance)."""
+    env = os.environ.get("VAE_TRAIN_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cores - 1))
+
+
 def max_concurrent_jobs() -> int:
     """How many jobs train at once: $VAE_MAX_JOBS, default 1 (this is a 2-core machine); the
     others wait in the queue (job_slot) and start by themselves, oldest first."""

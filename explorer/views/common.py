@@ -36,14 +36,6 @@ def default_config() -> RunConfig:
     return cfg
 
 
-def train_threads() -> int:
-    """Torch threads for a training job: $VAE_TRAIN_THREADS, else up to 4 of this machine's cores."""
-    env = os.environ.get("VAE_TRAIN_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return max(1, min(4, os.cpu_count() or 1))
-
-
 def fmt_seconds(s: float | None) -> str:
     if s is None:
         return "estimating time left"
@@ -127,7 +119,7 @@ def first_start() -> None:
     if run_service.list_runs(root) or not autostart_enabled():
         return
     try:
-        jobs.start(root, DEFAULT_RUN, default_config(), train_threads())
+        jobs.start(root, DEFAULT_RUN, default_config(), jobs.train_threads())
     except jobs.JobBusy:
         pass  # another tab started it a moment ago
     except (TrainerError, OSError) as e:

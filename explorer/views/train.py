@@ -70,7 +70,7 @@ def launch(root, name: str | None, cfg: RunConfig) -> None:
     """Start a job and make it the active run; says in the page why not if it cannot."""
     name = (name or "").strip() or jobs.suggest_name(root, cfg)
     try:
-        jobs.start(root, name, cfg, common.train_threads())
+        jobs.start(root, name, cfg, jobs.train_threads())
     except jobs.JobBusy as e:
         st.info(f"Not started: {e}.")
         return
@@ -120,7 +120,7 @@ def job_panel(root) -> None:
         if st.button(f"Resume {target.name} from its last saved epoch", key="resume_run",
                      icon=":material/play_arrow:"):
             try:
-                jobs.resume(root, target.name, common.train_threads(), lr=lr)
+                jobs.resume(root, target.name, jobs.train_threads(), lr=lr)
             except (TrainerError, OSError) as e:
                 st.error(f"Could not resume {target.name}: {e}")
             else:

@@ -111,3 +111,16 @@ def test_suggest_name_and_unused_seed(tmp_path):
     cfg.train.beta, cfg.train.seed = 4.0, 3
     assert jobs.suggest_name(tmp_path, cfg) == "gmm2d-2d-beta4-seed3"
     assert jobs.unused_seed(tmp_path, cfg) == 4
+
+
+@pytest.mark.parametrize("cores,threads", [(1, 1), (2, 1), (3, 2), (4, 3), (5, 4), (64, 4)])
+def test_a_job_leaves_a_core_for_the_app_and_takes_at_most_4(monkeypatch, cores, threads):
+    monkeypatch.delenv("VAE_TRAIN_THREADS", raising=False)
+    assert jobs.train_threads(cores) == threads
+
+
+def test_vae_train_threads_sets_a_jobs_threads(monkeypatch):
+    monkeypatch.setenv("VAE_TRAIN_THREADS", "3")
+    assert jobs.train_threads(2) == 3
+    monkeypatch.setenv("VAE_TRAIN_THREADS", "zero")  # not a count: the default rule
+    assert jobs.train_threads(2) == 1
