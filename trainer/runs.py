@@ -371,9 +371,9 @@ def load_safetensors(path: Path, what: str,
 
     With `expected` ({name: (shape, dtype)}, or (a list of accepted shapes, dtype)), the
     header is checked first: the same keys (or a subset, with `allow_missing`), shapes and
-    dtypes; only then are tensors read, so a
-    damaged or hostile file cannot make us allocate more than the architecture needs.
-    Every tensor read is checked to be finite. Raises TrainerError with a one-line message."""
+    dtypes; only then are tensors read, so a damaged or hostile file cannot make us allocate
+    more than the architecture needs. Every tensor read is checked to be finite. Raises
+    TrainerError with a one-line message."""
     path = Path(path)
     if not path.exists():
         raise TrainerError(f"{path}: missing {what}: the run has no saved checkpoint yet")
