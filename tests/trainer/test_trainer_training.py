@@ -125,7 +125,7 @@ def test_a_run_saved_on_a_gpu_resumes_on_the_cpu_reproducibly(tmp_path):
     assert [r["epoch"] for r in rows_a] == [1, 2, 3]
     assert numbers(rows_a) == numbers(rows_b)
     assert_same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"))
-    # the noise of epoch 3 is new (an ignored state would have repeated the straight run)...
+    # epochs 1-2 are the straight run's; epoch 3 draws other noise than its CPU stream...
     straight = runs.read_metrics(tmp_path / "straight")
     assert numbers(rows_a)[:2] == numbers(straight)[:2]
     assert rows_a[2]["train_elbo"] != straight[2]["train_elbo"]
