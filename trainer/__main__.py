@@ -44,6 +44,8 @@ def _sigma_dec(s: str):
     return v
 
 
+DEVICES = ["auto", "cpu", "cuda"]  # --device of fit and eval (train.pick_device)
+
 # fit's flags that set the run's settings: argparse name -> (RunConfig section, field).
 FIT_SETTINGS = {
     "data": (None, "data"), "arch": ("model", "arch"), "hidden": ("model", "hidden"),
@@ -80,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lr", type=float,
                    help=f"Adam learning rate (default {d.train.lr:g}); with --resume: a new one for the rest")
     f.add_argument("--seed", type=int, help=f"(default {d.train.seed})")
-    f.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    f.add_argument("--device", choices=DEVICES, default="auto")
     f.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = all cores)")
     f.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last epoch, with its saved settings")
@@ -95,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--mc-samples", type=int, default=1)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--threads", type=int, default=0)
-    e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+    e.add_argument("--device", choices=DEVICES, default="auto",
                    help="where the model runs (a GPU's noise differs from the CPU's: Monte Carlo noise)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
 

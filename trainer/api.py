@@ -308,10 +308,11 @@ def evaluate_run(run: Run, split: str = "test", k: int = 1000, mc_samples: int =
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             xb = x[i:i + batch_size]
-            t = elbo_terms(model, xb.to(where), mc_samples, gen)
+            xd = xb.to(where)  # xb stays on the CPU for the data set's exact log p(x)
+            t = elbo_terms(model, xd, mc_samples, gen)
             for key in ("elbo", "recon", "kl"):
                 sums[key] += float(t[key].double().sum())
-            sums["log_px"] += float(log_px(model, xb.to(where), k, gen).double().sum())
+            sums["log_px"] += float(log_px(model, xd, k, gen).double().sum())
             if data.exact_log_px is not None:
                 sums["exact_log_px"] += float(data.exact_log_px(xb).double().sum())
             mus.append(t["mu"].cpu())
