@@ -15,6 +15,8 @@ from pathlib import Path
 
 from .config import RunConfig
 from .errors import TrainerError
+from .likelihoods import LIKELIHOODS
+from .model import ARCHITECTURES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,12 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--data", help=f"data spec: digits, shapes, gmm2d, linear-gaussian[:opts] or a file "
                                    f"(default {d.data})")
     f.add_argument("--out", required=True, help="run folder to write")
-    f.add_argument("--arch", choices=["mlp", "conv", "linear"], help=f"(default {d.model.arch})")
+    f.add_argument("--arch", choices=list(ARCHITECTURES), help="; ".join(
+        f"{name}: {arch.help}" for name, arch in ARCHITECTURES.items()) + f" (default {d.model.arch})")
     f.add_argument("--hidden", type=_int_list,
                    help=f"mlp hidden sizes (default {','.join(map(str, d.model.hidden))}); "
                         "MNIST-sized images: e.g. 512,256")
     f.add_argument("--latent-dim", type=int, help=f"d, the size of z (default {d.model.latent_dim})")
-    f.add_argument("--likelihood", choices=["gaussian", "bernoulli"], help=f"(default {d.model.likelihood})")
+    f.add_argument("--likelihood", choices=list(LIKELIHOODS), help="p(x|z): " + "; ".join(
+        f"{name}: {lik.help}" for name, lik in LIKELIHOODS.items()) + f" (default {d.model.likelihood})")
     f.add_argument("--sigma-dec", type=_sigma_dec, help=f"'learned' or a fixed value (default {d.model.sigma_dec})")
     f.add_argument("--beta", type=float, help=f"KL weight in the training objective (default {d.train.beta:g})")
     f.add_argument("--kl-warmup", type=int, help=f"epochs to ramp the KL weight from 0 (default {d.train.kl_warmup})")
@@ -188,7 +192,7 @@ def cmd_sample(a) -> int:
     run = load_run(a.run_dir)
     if len(run.model.data_shape) != 3:
         raise TrainerError(f"{a.run_dir}: the data are not images, so there is no picture to draw")
-    save_grid(run.sample(a.n, a.seed).numpy(), a.out)
+    save_grid(run.generate(a.n, a.seed).numpy(), a.out)
     print(f"wrote {a.out}", file=sys.stderr)
     return 0
 

@@ -6,7 +6,7 @@
     q = run.encode(x)                       # DiagonalGaussian, q.mu: (N, d)
     terms = run.elbo_terms(x, mc_samples=1) # dict of per-sample tensors, nats
     run.log_px(x, k=1000)                   # importance-sampled log p(x), (N,)
-    run.decode(z), run.sample(64)           # images (N, *shape), mean of p(x|z)
+    run.decode(z), run.generate(64)         # images (N, *shape), mean of p(x|z)
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import distributed, runs
+from . import distributed, likelihoods, runs
 from .config import RunConfig
-from .data import Dataset, check_likelihood, load_dataset
+from .data import Dataset, load_dataset
 from .elbo import elbo_terms, log_px
 from .errors import TrainerError
 from .model import VAE, DiagonalGaussian
@@ -146,7 +146,7 @@ def _fit_locked(cfg: RunConfig, out: Path, resume: bool, on_epoch, on_step, stop
 
     try:
         data = load_dataset(cfg.data, cfg.train.seed)
-        check_likelihood(data, cfg.model.likelihood)
+        likelihoods.get(cfg.model.likelihood).check_data(data)
         cfg.data_shape = list(data.shape)
         trainer = distributed.make_trainer(cfg, data, device)  # a DistributedTrainer under torchrun
     except TrainerError as e:
@@ -261,7 +261,7 @@ class Run:
     def decode(self, z) -> torch.Tensor:
         """Images (or vectors) for latent codes z (N, d): the mean of p(x|z), (N, *shape)."""
         z = torch.as_tensor(np.asarray(z), dtype=torch.float32).reshape(-1, self.model.latent_dim)
-        return self.model.mean_image(self.model.decode(z)).reshape(-1, *self.model.data_shape)
+        return self.model.decoder_mean(self.model.decode(z)).reshape(-1, *self.model.data_shape)
 
     @torch.no_grad()
     def elbo_terms(self, x, mc_samples: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -274,8 +274,9 @@ class Run:
         return log_px(self.model, self._x(x), k, gen)
 
     @torch.no_grad()
-    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
-        return self.model.sample(n, torch.Generator().manual_seed(seed))
+    def generate(self, n: int, seed: int = 0) -> torch.Tensor:
+        """n samples of the model (Fig 1.7): z ~ N(0, I) decoded to the mean of p(x|z), (n, *shape)."""
+        return self.model.generate(n, torch.Generator().manual_seed(seed))
 
 
 def load_run(path: str | Path) -> Run:
@@ -325,6 +326,6 @@ def evaluate_run(run: Run, split: str = "test", k: int = 1000, mc_samples: int =
     out["kl_per_dim"] = (torch.stack(kl_dims).sum(0) / n).tolist()
     if data.exact_log_px is None:
         del out["exact_log_px"]
-    if run.model.likelihood == "gaussian":
-        out["sigma_dec"] = float(run.model.sigma_dec.detach())
+    if run.model.likelihood.has_sigma_dec:
+        out["sigma_dec"] = run.model.reported_sigma_dec()
     return out

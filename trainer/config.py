@@ -13,19 +13,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import TrainerError
-
-ARCHS = ("mlp", "conv", "linear")
-LIKELIHOODS = ("gaussian", "bernoulli")
+from .likelihoods import LIKELIHOODS
+from .model import ARCHITECTURES
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "mlp"  # "mlp" | "conv" | "linear" (see model.ARCHITECTURES)
+    arch: str = "mlp"  # a key of model.ARCHITECTURES: "mlp" | "conv" | "linear"
     # mlp hidden sizes, encoder order. 256,128 fits the built-in data: on digits it reaches the
     # held-out ELBO of 512,256 (within seed-to-seed spread) in about half the time an epoch takes.
     hidden: list[int] = field(default_factory=lambda: [256, 128])
     latent_dim: int = 2  # d, the size of z
-    likelihood: str = "gaussian"  # p(x|z): "gaussian" (eq 1.29) or "bernoulli" (logits)
+    likelihood: str = "gaussian"  # p(x|z), a key of likelihoods.LIKELIHOODS: gaussian (eq 1.29), bernoulli, ...
     sigma_dec: float | str = "learned"  # gaussian only: a fixed float, or "learned" (log-space scalar)
     conv_channels: list[int] = field(default_factory=lambda: [32, 64])  # conv: channels per stride-2 layer
 
@@ -81,10 +80,10 @@ class RunConfig:
     def validate(self) -> None:
         """Check ranges and choices; raises TrainerError naming the bad field."""
         m, t = self.model, self.train
-        if m.arch not in ARCHS:
-            raise TrainerError(f"unknown architecture {m.arch!r}: choose one of {', '.join(ARCHS)}")
+        if m.arch not in ARCHITECTURES:
+            raise TrainerError(f"unknown architecture {m.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
         if m.likelihood not in LIKELIHOODS:
-            raise TrainerError(f"unknown likelihood {m.likelihood!r}: choose gaussian or bernoulli")
+            raise TrainerError(f"unknown likelihood {m.likelihood!r}: choose one of {', '.join(LIKELIHOODS)}")
         if not m.hidden or any(h < 1 or h > 65536 for h in m.hidden):
             raise TrainerError("hidden sizes must be between 1 and 65536, e.g. --hidden 512,256")
         if not m.conv_channels or any(c < 1 or c > 4096 for c in m.conv_channels):

@@ -58,10 +58,10 @@ class Dataset:
     def shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
-    @property
-    def binary_like(self) -> bool:
-        """Values in [0, 1] in both splits, so a Bernoulli likelihood is allowed."""
-        return all(bool(x.min() >= 0 and x.max() <= 1) for x in (self.x_train, self.x_test))
+    def value_range(self) -> tuple[float, float]:
+        """The smallest and largest value over both splits (a likelihood checks its support)."""
+        return (min(float(self.x_train.min()), float(self.x_test.min())),
+                max(float(self.x_train.max()), float(self.x_test.max())))
 
 
 # -- spec parsing -------------------------------------------------------------------------
@@ -519,12 +519,4 @@ def _walk(folder: Path):
             yield f
 
 
-def check_likelihood(data: Dataset, likelihood: str) -> None:
-    if likelihood == "bernoulli" and not data.binary_like:
-        lo = min(float(data.x_train.min()), float(data.x_test.min()))
-        hi = max(float(data.x_train.max()), float(data.x_test.max()))
-        raise TrainerError(f"{data.name}: bernoulli needs values in [0, 1] but the data spans "
-                           f"[{lo:.3g}, {hi:.3g}]: use --likelihood gaussian")
-
-
-__all__ = ["Dataset", "BUILTINS", "load_dataset", "parse_spec", "check_likelihood", "render_shapes"]
+__all__ = ["Dataset", "BUILTINS", "load_dataset", "parse_spec", "render_shapes"]

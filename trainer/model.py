@@ -4,12 +4,14 @@ Shapes: N = batch, D = data dimension (C*H*W for images), d = latent dimension.
 
     encode(x)          x: (N, *shape)   -> DiagonalGaussian q(z|x) with mu, logvar: (N, d)
     reparameterize(q)  z = mu + sigma * eps, eps ~ N(0, I)          (eq 1.16-1.24)
-    decode(z)          z: (..., d)      -> decoder output (..., D): the mean f(z) for the
-                       Gaussian likelihood, the logits for the Bernoulli one
+    decode(z)          z: (..., d)      -> decoder output (..., D): what the likelihood takes
+                       (the mean f(z) for the Gaussian, logits for the Bernoulli ones)
+    decoder_mean(out)                   -> E[x|z] (..., D), what a decoded image shows
     log_px_given_z(x, out)              -> log p(x|z) per sample, nats, constant included
+    generate(n)                         -> n decoded prior samples (Fig 1.7)
 
-The architecture is picked by name from `ARCHITECTURES`; nothing else is ever imported
-from a config file.
+The likelihood is an object from `trainer.likelihoods.LIKELIHOODS`, the architecture a class
+from `ARCHITECTURES`, both picked by name; nothing else is ever imported from a config file.
 """
 
 from __future__ import annotations
@@ -20,9 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from typing import TYPE_CHECKING
 
-LOG_2PI = math.log(2 * math.pi)
+from . import likelihoods
+from .errors import TrainerError
+from .likelihoods import LOG_2PI
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
 
 
 class DiagonalGaussian:
@@ -62,7 +69,15 @@ class VAE(nn.Module):
     """Encoder and decoder networks around a shared likelihood and sigma_dec.
 
     Subclasses build `encoder_net` and `decoder_net`; `encoder_net(x)` returns (mu, logvar).
+    An architecture is a subclass listed in ARCHITECTURES, with a one-line `help` (the CLI's
+    and the Train form's) and, if it cannot take every data shape, a `check_data_shape`.
     """
+
+    help = ""
+
+    @classmethod
+    def check_data_shape(cls, cfg: ModelConfig, data_shape: tuple[int, ...]) -> None:
+        """Raise TrainerError if this architecture cannot take samples of `data_shape`."""
 
     def __init__(self, cfg: ModelConfig, data_shape: tuple[int, ...]):
         super().__init__()
@@ -70,12 +85,13 @@ class VAE(nn.Module):
         self.data_shape = tuple(data_shape)  # shape of one x, e.g. (1, 8, 8) or (2,)
         self.data_dim = math.prod(self.data_shape)  # D
         self.latent_dim = cfg.latent_dim  # d
-        self.likelihood = cfg.likelihood
-        # sigma_dec lives in log space: learned as a parameter, or fixed as a buffer.
-        if cfg.likelihood == "gaussian" and cfg.sigma_dec == "learned":
+        self.likelihood = likelihoods.get(cfg.likelihood)
+        # sigma_dec lives in log space: learned as a parameter, or fixed as a buffer (1 for a
+        # likelihood without a noise scale, where it is never used).
+        if self.likelihood.has_sigma_dec and cfg.sigma_dec == "learned":
             self.log_sigma_dec = nn.Parameter(torch.zeros(()))
         else:
-            fixed = 1.0 if cfg.likelihood == "bernoulli" else float(cfg.sigma_dec)
+            fixed = float(cfg.sigma_dec) if self.likelihood.has_sigma_dec else 1.0
             self.register_buffer("log_sigma_dec", torch.tensor(math.log(fixed)))
 
     # -- the three steps of pytorch/examples' VAE ---------------------------------------
@@ -89,7 +105,8 @@ class VAE(nn.Module):
         return q.sample(n, generator)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Decoder output for z (..., d): (..., D) flat; mean f(z) or Bernoulli logits."""
+        """Decoder output for z (..., d): (..., D) flat, in the likelihood's terms (see
+        decoder_mean for E[x|z])."""
         lead = z.shape[:-1]
         out = self.decoder_net(z.reshape(-1, self.latent_dim))
         return out.reshape(*lead, self.data_dim)
@@ -99,26 +116,23 @@ class VAE(nn.Module):
     def sigma_dec(self) -> torch.Tensor:
         return torch.exp(self.log_sigma_dec)
 
+    def reported_sigma_dec(self) -> float | None:
+        """sigma_dec as a number for metrics, or None for a likelihood without one."""
+        return float(self.sigma_dec.detach()) if self.likelihood.has_sigma_dec else None
+
     def log_px_given_z(self, x_flat: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """log p(x|z) for x (N, D) and decoder output (..., N, D): (..., N), nats.
+        """log p(x|z) for x (N, D) and decoder output (..., N, D): (..., N), nats (the
+        likelihood's log_prob, normalising constant included)."""
+        return self.likelihood.log_prob(x_flat, out, self.log_sigma_dec)
 
-        Gaussian (eq 1.29, 1.33): -||x - f(z)||^2 / (2 sigma_dec^2) - (D/2) log(2 pi sigma_dec^2).
-        Bernoulli: sum_i x_i log p_i + (1 - x_i) log(1 - p_i), with p = sigmoid(logits).
-        """
-        if self.likelihood == "bernoulli":
-            return -F.binary_cross_entropy_with_logits(
-                out, x_flat.expand_as(out), reduction="none").sum(-1)
-        sq = (x_flat - out).pow(2).sum(-1)
-        log_var = 2 * self.log_sigma_dec
-        return -0.5 * sq * torch.exp(-log_var) - 0.5 * self.data_dim * (LOG_2PI + log_var)
-
-    def mean_image(self, out: torch.Tensor) -> torch.Tensor:
-        """What the decoder shows: f(z) for Gaussian, sigmoid(logits) for Bernoulli; (..., D)."""
-        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
+    def decoder_mean(self, out: torch.Tensor) -> torch.Tensor:
+        """E[x|z] for decoder output (..., D): what a decoded image shows."""
+        return self.likelihood.mean(out)
 
     def init_from_data(self, x_train) -> None:
-        """Start the decoder at the data (vae-math.md, practical points): output bias = data
-        mean (logit of it for Bernoulli), and a learned sigma_dec = `initial_sigma_dec`.
+        """Start the decoder at the data (vae-math.md, practical points): the output bias at
+        which the decoder's mean is the data mean (likelihood.output_bias_start), and a learned
+        sigma_dec = `initial_sigma_dec`.
         x_train: a tensor (N, *shape), or rows on disk (trainer.mapped.MappedRows, data larger
         than memory) whose mean and variance are summed chunk by chunk."""
         if isinstance(x_train, torch.Tensor):
@@ -129,22 +143,18 @@ class VAE(nn.Module):
         with torch.no_grad():
             bias = self.output_bias()
             if bias is not None:
-                if self.likelihood == "bernoulli":
-                    p = mean.clamp(1e-3, 1 - 1e-3)
-                    bias.copy_((torch.log(p) - torch.log1p(-p)).reshape(bias.shape))
-                else:
-                    bias.copy_(mean.reshape(bias.shape))
+                bias.copy_(self.likelihood.output_bias_start(mean).reshape(bias.shape))
             if isinstance(self.log_sigma_dec, nn.Parameter):
                 self.log_sigma_dec.fill_(math.log(initial_sigma_dec(x, self.latent_dim, var=var)))
 
     def output_bias(self) -> torch.Tensor | None:
         raise NotImplementedError
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Generation (Fig 1.7): z ~ N(0, I), returns the decoded means (n, *data_shape)."""
         p = next(self.parameters())
         z = torch.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
-        return self.mean_image(self.decode(z)).reshape(n, *self.data_shape)
+        return self.decoder_mean(self.decode(z)).reshape(n, *self.data_shape)
 
 
 def initial_sigma_dec(x: torch.Tensor, latent_dim: int, max_rows: int = 1024,
@@ -200,6 +210,8 @@ class MLPEncoder(nn.Module):
 class MLPVAE(VAE):
     """D -> hidden... -> (mu, logvar); d -> reversed hidden... -> D. ReLU between layers."""
 
+    help = "fully connected, ReLU between layers (--hidden sizes)"
+
     def __init__(self, cfg: ModelConfig, data_shape):
         super().__init__(cfg, data_shape)
         self.encoder_net = MLPEncoder([self.data_dim, *cfg.hidden], cfg.latent_dim)
@@ -225,6 +237,8 @@ class LinearEncoder(nn.Module):
 class LinearVAE(VAE):
     """The linear-Gaussian example's model: affine encoder mean, per-dim encoder variance,
     affine decoder mean."""
+
+    help = "affine encoder mean and decoder (the linear Gaussian examples 1.3-1.6)"
 
     def __init__(self, cfg: ModelConfig, data_shape):
         super().__init__(cfg, data_shape)
@@ -281,6 +295,15 @@ class ConvDecoder(nn.Module):
 class ConvVAE(VAE):
     """Two (or more) stride-2 4x4 convolutions down, transposed convolutions up; images only."""
 
+    help = "convolutional, for images of at least 16x16"
+
+    @classmethod
+    def check_data_shape(cls, cfg, data_shape):
+        k = len(cfg.conv_channels)
+        if len(data_shape) != 3 or min(data_shape[1:]) < 16 or min(data_shape[1:]) < 2**k:
+            raise TrainerError(
+                f"conv needs images of at least 16x16 (this data has shape {list(data_shape)}): use --arch mlp")
+
     def __init__(self, cfg: ModelConfig, data_shape):
         super().__init__(cfg, data_shape)
         self.encoder_net = ConvEncoder(self.data_shape, cfg.conv_channels, cfg.latent_dim)
@@ -295,14 +318,9 @@ ARCHITECTURES: dict[str, type[VAE]] = {"mlp": MLPVAE, "conv": ConvVAE, "linear":
 
 def build_model(cfg: ModelConfig, data_shape) -> VAE:
     """Build the architecture named in cfg for data of the given shape; raises TrainerError."""
-    from .errors import TrainerError
-
     data_shape = tuple(int(s) for s in data_shape)
     if cfg.arch not in ARCHITECTURES:
         raise TrainerError(f"unknown architecture {cfg.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
-    if cfg.arch == "conv":
-        k = len(cfg.conv_channels)
-        if len(data_shape) != 3 or min(data_shape[1:]) < 16 or min(data_shape[1:]) < 2**k:
-            raise TrainerError(
-                f"conv needs images of at least 16x16 (this data has shape {list(data_shape)}): use --arch mlp")
-    return ARCHITECTURES[cfg.arch](cfg, data_shape)
+    arch = ARCHITECTURES[cfg.arch]
+    arch.check_data_shape(cfg, data_shape)
+    return arch(cfg, data_shape)

@@ -224,7 +224,7 @@ class Trainer:
             "train_elbo": s[2], "train_recon": s[0], "train_kl": s[1], "train_objective": s[3],
             "test_elbo": test["elbo"], "test_recon": test["recon"], "test_kl": test["kl"],
             "active_units": test["active_units"], "kl_weight": kl_weight(cfg, self.epoch - 1, 1.0),
-            "sigma_dec": float(model.sigma_dec.detach()) if model.likelihood == "gaussian" else None,
+            "sigma_dec": model.reported_sigma_dec(),
         }
         if not (math.isfinite(row["train_elbo"]) and math.isfinite(row["test_elbo"])):
             # the last step left weights that give a NaN/inf ELBO: do not save them

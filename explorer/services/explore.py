@@ -352,7 +352,7 @@ def cached_breakdown(path: Path, index: int) -> dict:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _samples(path: str, mtime: float, n: int, seed: int) -> np.ndarray:
-    return open_run(Path(path)).sample(n, seed).numpy()
+    return open_run(Path(path)).generate(n, seed).numpy()
 
 
 def cached_samples(path: Path, n: int, seed: int) -> np.ndarray:

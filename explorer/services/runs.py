@@ -17,6 +17,7 @@ import streamlit as st
 import torch
 
 from trainer import Run, RunConfig, TrainerError, load_run
+from trainer.likelihoods import LIKELIHOODS
 from trainer.runs import read_metrics
 
 from . import jobs
@@ -146,8 +147,8 @@ def table_row(s: RunSummary, evaluation: dict | None = None) -> dict:
     c = s.config
     sigma = ""
     if c is not None:
-        if c.model.likelihood == "bernoulli":
-            sigma = "(bernoulli)"
+        if not LIKELIHOODS[c.model.likelihood].has_sigma_dec:
+            sigma = f"({c.model.likelihood})"
         elif c.model.sigma_dec == "learned":
             sigma = "learned " + fmt(s.final.get("sigma_dec"), 3) if s.final.get("sigma_dec") is not None else "learned"
         else:

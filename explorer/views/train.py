@@ -13,6 +13,8 @@ from explorer.services import uploads
 from explorer.views import common
 from trainer import ModelConfig, RunConfig, TrainConfig, TrainerError
 from trainer.data import BUILTINS
+from trainer.likelihoods import LIKELIHOODS
+from trainer.model import ARCHITECTURES
 
 BUILTIN_HELP = {
     "digits": "8x8 images of handwritten digits (1797), labels 0-9",
@@ -156,16 +158,15 @@ def main() -> None:
                                 help="Options of a built-in, key=value separated by commas, e.g. gmm2d: "
                                      "k, sigma, radius, n; linear-gaussian: d, sigma, n; all: test (fraction).")
         c1, c2, c3, c4 = st.columns(4)
-        arch = c1.selectbox("Architecture", ["mlp", "conv", "linear"], key="train_arch",
-                            help="mlp: fully connected; conv: convolutional (images); linear: affine "
-                                 "encoder and decoder (the linear Gaussian examples).")
+        arch = c1.selectbox("Architecture", list(ARCHITECTURES), key="train_arch",
+                            help="; ".join(f"{name}: {a.help}" for name, a in ARCHITECTURES.items()) + ".")
         hidden = c2.text_input("Hidden sizes (mlp)", ",".join(map(str, ModelConfig().hidden)), key="train_hidden",
                                help="Units per hidden layer of the encoder (the decoder mirrors them). "
                                     "The default suits digits; MNIST-sized images: e.g. 512,256.")
         latent_dim = c3.number_input("Latent size d", 1, 256, 2, key="train_latent_dim",
                                      help="The size of z; d = 2 draws the latent map without projection.")
-        likelihood = c4.selectbox("Likelihood p(x|z)", ["gaussian", "bernoulli"], key="train_likelihood",
-                                  help="gaussian: N(f(z), sigma_dec^2 I) (eq 1.29); bernoulli: for data in [0, 1].")
+        likelihood = c4.selectbox("Likelihood p(x|z)", list(LIKELIHOODS), key="train_likelihood",
+                                  help="; ".join(f"{name}: {lik.help}" for name, lik in LIKELIHOODS.items()) + ".")
         c1, c2, c3, c4 = st.columns(4)
         sigma_mode = c1.radio("sigma_dec", ["learned", "fixed"], key="train_sigma_mode", horizontal=True,
                               help="The decoder's noise scale: learned with the rest, or fixed.")

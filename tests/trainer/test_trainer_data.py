@@ -20,7 +20,8 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 from trainer import TrainerError, load_dataset
 from trainer import data as data_module
 from trainer.config import RunConfig
-from trainer.data import check_likelihood, parse_spec, render_shapes
+from trainer.data import parse_spec, render_shapes
+from trainer.likelihoods import LIKELIHOODS
 from trainer.examples import linear_gaussian_entropy
 
 
@@ -243,11 +244,11 @@ def test_idx_without_a_labels_file(tmp_path):
 def test_bernoulli_is_checked_on_both_splits():
     """A Bernoulli likelihood needs values in [0, 1] in every sample, held-out ones too."""
     ds = load_dataset("digits", 0)
-    check_likelihood(ds, "bernoulli")
+    LIKELIHOODS["bernoulli"].check_data(ds)
     ds.x_test = ds.x_test.clone()
     ds.x_test[0, 0, 0, 0] = 1.5
     with pytest.raises(TrainerError, match=r"bernoulli needs values in \[0, 1\]"):
-        check_likelihood(ds, "bernoulli")
+        LIKELIHOODS["bernoulli"].check_data(ds)
 
 
 # -- the parser and the config loader under random input ------------------------------------------

@@ -123,7 +123,7 @@ def test_bernoulli_log_likelihood_matches_torch(binary):
     logits = 4 * torch.randn(2, 5, 16, generator=g, dtype=torch.float64)
     expected = Independent(Bernoulli(logits=logits, validate_args=False), 1).log_prob(x)
     torch.testing.assert_close(model.log_px_given_z(x, logits), expected, rtol=TOL, atol=TOL)
-    assert torch.equal(model.mean_image(logits), torch.sigmoid(logits))
+    assert torch.equal(model.decoder_mean(logits), torch.sigmoid(logits))
 
 
 @pytest.mark.parametrize("likelihood,mc", [("gaussian", 1), ("gaussian", 4), ("bernoulli", 3)])

@@ -252,7 +252,7 @@ def test_each_architecture_trains_and_improves(tmp_path, arch, spec):
     rows = runs.read_metrics(tmp_path / "run")
     assert rows[-1]["train_elbo"] > rows[0]["train_elbo"]
     run = load_run(tmp_path / "run")
-    assert run.sample(4).shape == (4, *run.model.data_shape)
+    assert run.generate(4).shape == (4, *run.model.data_shape)
 
 
 # -- where training starts (vae-math.md, practical points) -------------------------------------
