@@ -175,7 +175,7 @@ def main(argv=None) -> int:
         "sections_run": args.sections, "errors": errors, "rows": rows, "details": ctx.sections,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    from trainer.runs import atomic_write_json
+    from trainer.fileio import atomic_write_json
 
     atomic_write_json(out, _clean(results))
     m = results["machine"]

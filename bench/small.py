@@ -28,8 +28,11 @@ from pathlib import Path
 from explorer.services import jobs
 from explorer.views.common import default_config
 cfg = default_config()
+out = Path(sys.argv[1])
+out.mkdir(parents=True, exist_ok=True)
+jobs.write_job_config(out, cfg)  # the settings file the command trains (fit --config)
 print(json.dumps({"config": cfg.to_dict(), "threads": jobs.train_threads(),
-                  "command": jobs.fit_command(cfg, Path(sys.argv[1]), jobs.train_threads())}))
+                  "command": jobs.fit_command(cfg, out, jobs.train_threads())}))
 """
 
 

@@ -16,7 +16,8 @@ import time
 import torch
 
 from trainer.data import Dataset
-from trainer.train import Callbacks, Trainer, evaluate
+from trainer.elbo import evaluate
+from trainer.train import Callbacks, Trainer
 
 from . import peer
 from .common import Context, matrix_weights, median, train_flop_per_sample, use_threads
@@ -211,7 +212,7 @@ def section_2_bf16(ctx: Context) -> None:
                 trainer.run(Callbacks(on_epoch=rows.append))
         else:
             trainer.run(Callbacks(on_epoch=rows.append))
-        held_out = evaluate(trainer.model, data.x_test, 1, seed=123)["elbo"]  # float32, fixed eps
+        held_out = evaluate(trainer.model, data.x_test, 1, seed=123).means()["elbo"]  # float32, fixed eps
         runs[name] = {"samples_per_s": _rate(len(data.x_train), [r["epoch_time_s"] for r in rows]),
                       "test_elbo": held_out}
     speed = runs["bfloat16"]["samples_per_s"] / runs["float32"]["samples_per_s"]

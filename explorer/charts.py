@@ -105,66 +105,112 @@ def latent_map(xy: np.ndarray, color: np.ndarray | None, color_name: str, discre
     selected point, an interpolation path (M, 2) with endpoints {"A": (2,), "B": (2,)}, points
     along it (steps: (K, 2) places and their (K,) t) and the current point, a decoded-manifold
     image (uint8 array, span) under the points, and prior density contours (axis (n,),
-    log-density (n, n))."""
+    log-density (n, n)). Drawn bottom to top in that order: picture, contours, points, path,
+    steps, endpoints, current point, selection ring."""
     xy = np.asarray(xy, dtype=float)
-    idx = np.arange(len(xy))
     fig = go.Figure()
     if background is not None:
-        image, span = background
-        fig.add_layout_image(dict(source=_data_uri(image), xref="x", yref="y", x=-span, y=span,
-                                  sizex=2 * span, sizey=2 * span, sizing="stretch", layer="below",
-                                  opacity=0.85))
+        _add_manifold_picture(fig, *background)
     if contours is not None:
-        axis, logp = contours
-        fig.add_trace(go.Contour(x=axis, y=axis, z=logp, showscale=False, name="log p(z)",
-                                 contours=dict(coloring="lines", showlabels=True,
-                                               labelfont=dict(size=9, color=TERM_COLORS["prior"])),
-                                 line=dict(color=TERM_COLORS["prior"], width=1), ncontours=8,
-                                 colorscale=[[0, TERM_COLORS["prior"]], [1, TERM_COLORS["prior"]]],
-                                 hoverinfo="skip", showlegend=True))
-    hover = "sample %{customdata}<br>%{x:.2f}, %{y:.2f}"
+        _add_prior_contours(fig, *contours)
     if color is None:
-        fig.add_trace(go.Scattergl(x=xy[:, 0], y=xy[:, 1], mode="markers", customdata=idx, name="test samples",
-                                   marker=dict(size=6, color=CATEGORY_COLORS[0], opacity=0.8),
-                                   hovertemplate=hover + "<extra></extra>"))
+        _add_points_one_colour(fig, xy)
     elif discrete:
-        color = np.asarray(color, dtype=float)
-        for i, value in enumerate(np.unique(color)):
-            m = color == value
-            label = (category_names or {}).get(float(value), f"{value:g}")
-            fig.add_trace(go.Scattergl(
-                x=xy[m, 0], y=xy[m, 1], mode="markers", customdata=idx[m], name=f"{color_name} {label}",
-                marker=dict(size=6, color=CATEGORY_COLORS[i % len(CATEGORY_COLORS)], opacity=0.85),
-                hovertemplate=hover + f"<br>{color_name} {label}<extra></extra>"))
+        _add_points_by_category(fig, xy, np.asarray(color, dtype=float), color_name, category_names or {})
     else:
-        color = np.asarray(color, dtype=float)
-        fig.add_trace(go.Scattergl(
-            x=xy[:, 0], y=xy[:, 1], mode="markers", customdata=idx, name=color_name,
-            marker=dict(size=6, color=color, colorscale="Viridis", opacity=0.85,
-                        colorbar=dict(title=dict(text=color_name, side="right"), thickness=12)),
-            hovertemplate=hover + f"<br>{color_name} %{{marker.color:.2f}}<extra></extra>"))
+        _add_points_by_value(fig, xy, np.asarray(color, dtype=float), color_name)
     if path is not None:
-        path = np.asarray(path, dtype=float)
-        fig.add_trace(go.Scatter(x=path[:, 0], y=path[:, 1], mode="lines", name=path_name,
-                                 line=dict(color="black", width=3), hoverinfo="skip"))
+        _add_path(fig, np.asarray(path, dtype=float), path_name)
     if steps is not None:
-        places, ts = np.asarray(steps[0], dtype=float), np.asarray(steps[1], dtype=float)
-        fig.add_trace(go.Scatter(x=places[:, 0], y=places[:, 1], mode="markers", name="strip steps",
-                                 text=[f"t = {v:.2f}" for v in ts], hovertemplate="%{text}<extra></extra>",
-                                 marker=dict(size=7, color="white", line=dict(color="black", width=1.5))))
+        _add_steps(fig, np.asarray(steps[0], dtype=float), np.asarray(steps[1], dtype=float))
     for name, point in (endpoints or {}).items():
-        fig.add_trace(go.Scatter(x=[point[0]], y=[point[1]], mode="markers+text", text=[name],
-                                 textposition="top center", textfont=dict(size=16, color="black"),
-                                 name=f"endpoint {name}", showlegend=False, hoverinfo="skip",
-                                 marker=dict(size=14, color="white", line=dict(color="black", width=2))))
+        _add_endpoint(fig, name, point)
     if current is not None:
-        fig.add_trace(go.Scatter(x=[current[0]], y=[current[1]], mode="markers", name="z(t)",
-                                 marker=dict(size=18, symbol="star", color="gold", line=dict(color="black", width=1)),
-                                 hoverinfo="skip"))
+        _add_current(fig, current)
     if selected is not None and 0 <= selected < len(xy):
-        fig.add_trace(go.Scatter(x=[xy[selected, 0]], y=[xy[selected, 1]], mode="markers",
-                                 name=f"selected: sample {selected}", hoverinfo="skip",
-                                 marker=dict(size=16, color="rgba(0,0,0,0)", line=dict(color="black", width=3))))
+        _add_selection_ring(fig, xy[selected], selected)
+    return _latent_map_layout(fig, axis_titles, height)
+
+
+POINT_HOVER = "sample %{customdata}<br>%{x:.2f}, %{y:.2f}"  # customdata: the test index
+
+
+def _add_manifold_picture(fig: go.Figure, image: np.ndarray, span: float) -> None:
+    """The decoded grid as a picture under the points, covering [-span, span]^2."""
+    fig.add_layout_image(dict(source=_data_uri(image), xref="x", yref="y", x=-span, y=span,
+                              sizex=2 * span, sizey=2 * span, sizing="stretch", layer="below",
+                              opacity=0.85))
+
+
+def _add_prior_contours(fig: go.Figure, axis: np.ndarray, logp: np.ndarray) -> None:
+    fig.add_trace(go.Contour(x=axis, y=axis, z=logp, showscale=False, name="log p(z)",
+                             contours=dict(coloring="lines", showlabels=True,
+                                           labelfont=dict(size=9, color=TERM_COLORS["prior"])),
+                             line=dict(color=TERM_COLORS["prior"], width=1), ncontours=8,
+                             colorscale=[[0, TERM_COLORS["prior"]], [1, TERM_COLORS["prior"]]],
+                             hoverinfo="skip", showlegend=True))
+
+
+def _add_points_one_colour(fig: go.Figure, xy: np.ndarray) -> None:
+    fig.add_trace(go.Scattergl(x=xy[:, 0], y=xy[:, 1], mode="markers", customdata=np.arange(len(xy)),
+                               name="test samples", marker=dict(size=6, color=CATEGORY_COLORS[0], opacity=0.8),
+                               hovertemplate=POINT_HOVER + "<extra></extra>"))
+
+
+def _add_points_by_category(fig: go.Figure, xy: np.ndarray, color: np.ndarray, color_name: str,
+                            category_names: dict[float, str]) -> None:
+    """One trace per category, so the legend names each (and can hide it)."""
+    idx = np.arange(len(xy))
+    for i, value in enumerate(np.unique(color)):
+        m = color == value
+        label = category_names.get(float(value), f"{value:g}")
+        fig.add_trace(go.Scattergl(
+            x=xy[m, 0], y=xy[m, 1], mode="markers", customdata=idx[m], name=f"{color_name} {label}",
+            marker=dict(size=6, color=CATEGORY_COLORS[i % len(CATEGORY_COLORS)], opacity=0.85),
+            hovertemplate=POINT_HOVER + f"<br>{color_name} {label}<extra></extra>"))
+
+
+def _add_points_by_value(fig: go.Figure, xy: np.ndarray, color: np.ndarray, color_name: str) -> None:
+    fig.add_trace(go.Scattergl(
+        x=xy[:, 0], y=xy[:, 1], mode="markers", customdata=np.arange(len(xy)), name=color_name,
+        marker=dict(size=6, color=color, colorscale="Viridis", opacity=0.85,
+                    colorbar=dict(title=dict(text=color_name, side="right"), thickness=12)),
+        hovertemplate=POINT_HOVER + f"<br>{color_name} %{{marker.color:.2f}}<extra></extra>"))
+
+
+def _add_path(fig: go.Figure, path: np.ndarray, path_name: str) -> None:
+    fig.add_trace(go.Scatter(x=path[:, 0], y=path[:, 1], mode="lines", name=path_name,
+                             line=dict(color="black", width=3), hoverinfo="skip"))
+
+
+def _add_steps(fig: go.Figure, places: np.ndarray, ts: np.ndarray) -> None:
+    """Points along the path, labelled with their t (no customdata: not a test sample)."""
+    fig.add_trace(go.Scatter(x=places[:, 0], y=places[:, 1], mode="markers", name="strip steps",
+                             text=[f"t = {v:.2f}" for v in ts], hovertemplate="%{text}<extra></extra>",
+                             marker=dict(size=7, color="white", line=dict(color="black", width=1.5))))
+
+
+def _add_endpoint(fig: go.Figure, name: str, point: np.ndarray) -> None:
+    fig.add_trace(go.Scatter(x=[point[0]], y=[point[1]], mode="markers+text", text=[name],
+                             textposition="top center", textfont=dict(size=16, color="black"),
+                             name=f"endpoint {name}", showlegend=False, hoverinfo="skip",
+                             marker=dict(size=14, color="white", line=dict(color="black", width=2))))
+
+
+def _add_current(fig: go.Figure, point: np.ndarray) -> None:
+    fig.add_trace(go.Scatter(x=[point[0]], y=[point[1]], mode="markers", name="z(t)",
+                             marker=dict(size=18, symbol="star", color="gold", line=dict(color="black", width=1)),
+                             hoverinfo="skip"))
+
+
+def _add_selection_ring(fig: go.Figure, point: np.ndarray, index: int) -> None:
+    fig.add_trace(go.Scatter(x=[point[0]], y=[point[1]], mode="markers",
+                             name=f"selected: sample {index}", hoverinfo="skip",
+                             marker=dict(size=16, color="rgba(0,0,0,0)", line=dict(color="black", width=3))))
+
+
+def _latent_map_layout(fig: go.Figure, axis_titles: tuple[str, str], height: int) -> go.Figure:
+    """Equal scales on both axes, clicks select points, a drag pans."""
     fig.update_xaxes(title=axis_titles[0], zeroline=True)
     fig.update_yaxes(title=axis_titles[1], zeroline=True, scaleanchor="x", scaleratio=1)
     _layout(fig, "", height=height, clickmode="event+select", dragmode="pan")

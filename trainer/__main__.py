@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from .config import RunConfig
+from .config import RunConfig, TrainConfig
+from .data import BUILTINS
 from .errors import TrainerError
 from .likelihoods import LIKELIHOODS
 from .model import ARCHITECTURES
@@ -49,12 +50,15 @@ def _sigma_dec(s: str):
 DEVICES = ["auto", "cpu", "cuda"]  # --device of fit and eval (train.pick_device)
 
 # fit's flags that set the run's settings: argparse name -> (RunConfig section, field).
+# --device and --threads are this machine's (a resumed run takes them from here, not from
+# its config.json); --nproc sets train.world_size (fit_processes).
 FIT_SETTINGS = {
     "data": (None, "data"), "arch": ("model", "arch"), "hidden": ("model", "hidden"),
     "latent_dim": ("model", "latent_dim"), "likelihood": ("model", "likelihood"),
     "sigma_dec": ("model", "sigma_dec"), "beta": ("train", "beta"), "kl_warmup": ("train", "kl_warmup"),
     "mc_samples": ("train", "mc_samples"), "epochs": ("train", "epochs"),
     "batch_size": ("train", "batch_size"), "lr": ("train", "lr"), "seed": ("train", "seed"),
+    "device": ("train", "device"), "threads": ("train", "threads"),
 }
 
 
@@ -63,11 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     f = sub.add_parser("fit", help="train a VAE into a run folder")
-    # The run's settings default to None here: a new run takes RunConfig's defaults (shown in
-    # --help), and --resume the run's own config.json, so only what changes needs a flag.
+    # The run's settings default to None here: a new run takes the --config file's settings,
+    # else RunConfig's defaults (shown in --help), and --resume the run's own config.json, so
+    # only what changes needs a flag.
     d = RunConfig()
-    f.add_argument("--data", help=f"data spec: digits, shapes, gmm2d, linear-gaussian[:opts] or a file "
-                                   f"(default {d.data})")
+    f.add_argument("--config", metavar="FILE",
+                   help="the run's settings from a JSON file in the format of a run's config.json (e.g. "
+                        "another run's, to train it again); flags given as well override its values")
+    f.add_argument("--data", help=f"data spec: {', '.join(BUILTINS)}[:opts] or a file (default {d.data})")
     f.add_argument("--out", required=True, help="run folder to write")
     f.add_argument("--arch", choices=list(ARCHITECTURES), help="; ".join(
         f"{name}: {arch.help}" for name, arch in ARCHITECTURES.items()) + f" (default {d.model.arch})")
@@ -86,12 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lr", type=float,
                    help=f"Adam learning rate (default {d.train.lr:g}); with --resume: a new one for the rest")
     f.add_argument("--seed", type=int, help=f"(default {d.train.seed})")
-    f.add_argument("--device", choices=DEVICES, default="auto")
-    f.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = all cores)")
+    f.add_argument("--device", choices=DEVICES, help=f"(default {d.train.device})")
+    f.add_argument("--threads", type=int, help=f"torch CPU threads (default {d.train.threads}: all cores)")
     f.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last epoch, with its saved settings")
-    f.add_argument("--nproc", type=int, default=1,
-                   help="training processes on this machine (torch.distributed; starts torchrun for you)")
+    f.add_argument("--nproc", type=int,
+                   help="training processes on this machine (torch.distributed; starts torchrun for you) "
+                        f"(default {d.train.world_size}, or the --config file's world_size)")
     f.add_argument("--quiet", action="store_true", help="no progress output")
 
     e = sub.add_parser("eval", help="ELBO terms and log p(x) of a trained run")
@@ -113,28 +121,53 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def cmd_fit(a) -> int:
-    from .api import fit
-    from .runs import load_config
+def fit_config(a) -> RunConfig:
+    """The settings `fit` trains with. A new run starts from the --config file, or from
+    RunConfig's defaults without one; --resume from the run's saved config.json, on this
+    machine's --device and --threads (the defaults unless given). The flags given on the
+    command line override them (fit then refuses a flag that contradicts a resumed run,
+    except --epochs and --lr, which may change). Raises TrainerError."""
+    from .runs import load_config, load_settings_file
 
-    # A new run starts from the defaults; --resume from the run's saved settings (fit refuses
-    # a flag that contradicts them, except --epochs and --lr, which may change).
+    if a.resume and a.config is not None:
+        raise TrainerError("--config cannot go with --resume: a resumed run keeps the settings in its own "
+                           "config.json (leave out --config, or train into a new --out)")
     if a.resume and not (Path(a.out) / "config.json").exists():
         raise TrainerError(f"--resume: {a.out} holds no run to resume (no config.json): check --out, "
                            "or leave out --resume to start a new run there")
-    cfg = load_config(Path(a.out)) if a.resume else RunConfig()
-    cfg.train.device, cfg.train.threads = a.device, a.threads  # this machine's, not the run's
+    if a.resume:
+        cfg = load_config(Path(a.out))
+        machine = TrainConfig()  # this machine's, not the run's
+        cfg.train.device, cfg.train.threads = machine.device, machine.threads
+    elif a.config is not None:
+        cfg = load_settings_file(Path(a.config))
+    else:
+        cfg = RunConfig()
     for flag, (section, name) in FIT_SETTINGS.items():
         value = getattr(a, flag)
         if value is not None:
             setattr(getattr(cfg, section) if section else cfg, name, value)
     cfg.validate()
+    return cfg
+
+
+def fit_processes(a, cfg: RunConfig) -> int:
+    """How many processes train: --nproc, else the --config file's world_size, else 1."""
+    nproc = a.nproc if a.nproc is not None else cfg.train.world_size if a.config is not None else 1
+    if not 1 <= nproc <= 1024:
+        raise TrainerError("--nproc must be between 1 and 1024")
+    return nproc
+
+
+def cmd_fit(a) -> int:
+    from .api import fit
+
+    cfg = fit_config(a)
+    nproc = fit_processes(a, cfg)
     from .distributed import launch, launched_by_torchrun, strip_nproc
 
-    if not 1 <= a.nproc <= 1024:
-        raise TrainerError("--nproc must be between 1 and 1024")
-    if a.nproc > 1 and not launched_by_torchrun():  # run this command in nproc processes
-        return launch(a.nproc, strip_nproc(a.argv))
+    if nproc > 1 and not launched_by_torchrun():  # run this command in nproc processes
+        return launch(nproc, strip_nproc(a.argv), cfg.train.threads)
     if _rank() != 0:
         a.quiet = True  # rank 0 reports progress for the run
     tty = sys.stderr.isatty()

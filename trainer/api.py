@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import signal
@@ -23,10 +24,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import distributed, likelihoods, runs
+from . import checkpoints, distributed, fileio, likelihoods, run_names, runs
 from .config import RunConfig
 from .data import Dataset, load_dataset
-from .elbo import elbo_terms, log_px
+from .elbo import elbo_terms, evaluate, log_px
 from .errors import TrainerError
 from .model import VAE, DiagonalGaussian
 from .train import Callbacks, NonFiniteLoss, pick_device, set_threads
@@ -74,7 +75,7 @@ def fit(cfg: RunConfig, out_dir: str | Path, resume: bool = False,
     threads and device are this call's, and the others must match. `lr` then sets a new
     learning rate for the rest of the run (e.g. lower, after a non-finite loss), recorded in
     its config.json."""
-    out = runs.check_run_dir_name(out_dir)
+    out = run_names.check_out_folder(out_dir)
     cfg.validate()
     d = distributed.init_from_env(cfg.train.device)  # launched by torchrun: None in a single process
     if d is not None and not d.is_writer:  # ranks other than 0 train their shares and write nothing
@@ -83,7 +84,7 @@ def fit(cfg: RunConfig, out_dir: str | Path, resume: bool = False,
         try:
             return _fit_locked(cfg, out, resume, on_epoch, on_step, stop, handle_signals, lr)
         except OSError as e:  # disk full or read-only folder: the files already saved are intact
-            message = f"cannot write to the run folder {out} ({e.strerror or e}): the last saved checkpoint is kept"
+            message = _cannot_write(out, e)
             _mark_failed_if_ours(out, message)
             raise TrainerError(message) from None
         except TrainerError:
@@ -112,122 +113,172 @@ def _resume_conflicts(saved: RunConfig, cfg: RunConfig) -> list[str]:
 
 
 def _fit_locked(cfg: RunConfig, out: Path, resume: bool, on_epoch, on_step, stop, handle_signals, lr) -> str:
+    """fit's work, with the run folder locked: the folder and settings (_prepare), the data
+    and the trainer, its starting point (_restore, or a first checkpoint), then training,
+    reported in the folder by a _Reporter. Errors of the training loop are mapped here."""
+    cfg = _prepare(cfg, out, resume, lr)
+    threads = set_threads(cfg.train.threads)
+    device = distributed.run_device(cfg.train.device)  # under torchrun: this rank's GPU, or the CPU
+    should_stop = _stop_signal(stop, handle_signals)
+    trainer = _make_trainer(cfg, out, resume, device)
     if resume:
-        saved = runs.load_config(out)
-        differ = _resume_conflicts(saved, cfg)
-        if differ:
-            verb = "differs" if len(differ) == 1 else "differ"
-            raise TrainerError(f"--resume: {', '.join(differ)} {verb} from {out}/config.json; a resumed run keeps "
-                               "its settings (only --epochs and --lr may change): leave those out or train "
-                               "into a new folder")
-        saved.train.epochs = cfg.train.epochs  # resuming may extend the number of epochs
-        saved.train.threads, saved.train.device = cfg.train.threads, cfg.train.device  # this machine's
-        if lr is not None and lr != saved.train.lr:  # and go on at another learning rate
-            saved.train.lr = lr
-            saved.validate()
-            runs.atomic_write_json(out / "config.json", saved.to_dict())
-        cfg = saved
+        _restore(trainer, cfg, out)
     else:
+        cfg.versions = {**_versions(), "threads": str(threads), "device": device.type}
+        fileio.atomic_write_json(out / "config.json", cfg.to_dict())
+        checkpoints.save_checkpoint(out, trainer.model, trainer.state_tensors(), {"epoch": 0, "step": 0})
+
+    reporter = _Reporter(out, trainer, cfg.train.epochs, on_epoch, on_step)
+    reporter.start()
+    try:
+        state = trainer.run(Callbacks(on_step=reporter.on_step, on_epoch=reporter.on_epoch, should_stop=should_stop))
+    except (NonFiniteLoss, distributed.PeersLost) as e:
+        try:
+            checkpoints.sync_checkpoint(out)  # the last good checkpoint, made durable
+        except OSError:
+            pass  # the error to report is the loss, not the disk
+        runs.write_status(out, "failed", message=str(e))
+        raise
+    except OSError as e:  # disk full, read-only folder: the previous files are intact
+        message = _cannot_write(out, e)
+        try:
+            runs.write_status(out, "failed", message=message)
+        except OSError:
+            pass
+        raise TrainerError(message) from None
+    reporter.finish(state)
+    return state
+
+
+def _cannot_write(out: Path, e: OSError) -> str:
+    return f"cannot write to the run folder {out} ({e.strerror or e}): the last saved checkpoint is kept"
+
+
+def _prepare(cfg: RunConfig, out: Path, resume: bool, lr: float | None) -> RunConfig:
+    """The settings the run trains with, its folder ready for them. A new run: `cfg`, in a
+    folder that holds no run yet (created if missing). A resumed run: its config.json, which
+    `cfg` must not contradict (_resume_conflicts), with cfg's epochs, threads and device,
+    and the learning rate `lr` if given (recorded in config.json)."""
+    if not resume:
         if (out / "model.safetensors").exists() or (out / "metrics.jsonl").exists():
             raise TrainerError(f"{out} already holds a run: use --resume to continue it or choose another --out")
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise TrainerError(f"cannot create the run folder {out} ({e.strerror})") from None
+        return cfg
+    saved = runs.load_config(out)
+    differ = _resume_conflicts(saved, cfg)
+    if differ:
+        verb = "differs" if len(differ) == 1 else "differ"
+        raise TrainerError(f"--resume: {', '.join(differ)} {verb} from {out}/config.json; a resumed run keeps "
+                           "its settings (only --epochs and --lr may change): leave those out or train "
+                           "into a new folder")
+    saved.train.epochs = cfg.train.epochs  # resuming may extend the number of epochs
+    saved.train.threads, saved.train.device = cfg.train.threads, cfg.train.device  # this machine's
+    if lr is not None and lr != saved.train.lr:  # and go on at another learning rate
+        saved.train.lr = lr
+        saved.validate()
+        fileio.atomic_write_json(out / "config.json", saved.to_dict())
+    return saved
 
-    threads = set_threads(cfg.train.threads)
-    device = distributed.run_device(cfg.train.device)  # under torchrun: this rank's GPU, or the CPU
+
+def _stop_signal(stop: threading.Event | None, handle_signals: bool) -> Callable[[], bool]:
+    """Whether to stop after the current step: `stop` set by the caller, or (handle_signals)
+    a SIGTERM/SIGINT received."""
     stop_flag = _StopFlag()
     if stop is not None:
         stop_flag.event = stop
     if handle_signals:
         signal.signal(signal.SIGTERM, stop_flag)
         signal.signal(signal.SIGINT, stop_flag)
+    return stop_flag.event.is_set
 
+
+def _make_trainer(cfg: RunConfig, out: Path, resume: bool, device: torch.device):
+    """The run's data, checked against its likelihood, and a trainer for it (a
+    DistributedTrainer under torchrun); cfg.data_shape is filled in. A bad data set marks
+    the run failed (unless a resume finds no status to mark) and raises TrainerError."""
     try:
         data = load_dataset(cfg.data, cfg.train.seed)
         likelihoods.get(cfg.model.likelihood).check_data(data)
         cfg.data_shape = list(data.shape)
-        trainer = distributed.make_trainer(cfg, data, device)  # a DistributedTrainer under torchrun
+        return distributed.make_trainer(cfg, data, device)
     except TrainerError as e:
         if (out / "status.json").exists() or not resume:
             runs.write_status(out, "failed", message=str(e), pid=os.getpid())
         raise
 
-    if resume:
-        model = runs.load_model(out, cfg)
-        trainer.model.load_state_dict(model.state_dict())
-        trainer.load_state_tensors(runs.load_optim_state(out, trainer.model))
-        ts = runs.read_train_state(out)  # weights, optimizer state and epoch from one save
-        trainer.epoch, trainer.step = ts["epoch"], ts["step"]
-        if trainer.epoch > cfg.train.epochs:
-            raise TrainerError(f"--resume: {out} has already trained {trainer.epoch} epochs; "
-                               f"give --epochs above {trainer.epoch} to train more")
-        _truncate_metrics(out, trainer.epoch)
-    else:
-        cfg.versions = {**_versions(), "threads": str(threads), "device": device.type}
-        runs.atomic_write_json(out / "config.json", cfg.to_dict())
-        runs.save_checkpoint(out, trainer.model, trainer.state_tensors(), {"epoch": 0, "step": 0})
 
-    epochs = cfg.train.epochs
-    runs.write_status(out, "running", epoch=trainer.epoch, epochs=epochs, pid=os.getpid(),
-                      message="", started=time.time())
-    last_beat = [time.monotonic()]
-
-    def step_cb(step, epoch, i, n):
-        if time.monotonic() - last_beat[0] > 1.0:  # heartbeat at most once a second
-            last_beat[0] = time.monotonic()
-            runs.write_status(out, "running", epoch=epoch, epochs=epochs, batch=i + 1, batches=n)
-        if on_step:
-            on_step(step, epoch, i, n)
-
-    last_sync = [time.monotonic()]
-
-    def epoch_cb(row):
-        row = {**row, "wall_time": time.time()}
-        # The row first: if the save then fails, --resume drops rows past the saved epoch.
-        runs.append_jsonl(out / "metrics.jsonl", row)
-        # Every epoch is saved atomically (a killed process leaves the last epoch's checkpoint)
-        # but fsynced at most every SYNC_EVERY_S and at the last epoch: fsyncing a few MB costs
-        # as much as a whole digits epoch. A power cut can lose those seconds of training.
-        durable = trainer.epoch >= epochs or time.monotonic() - last_sync[0] >= SYNC_EVERY_S
-        runs.save_checkpoint(out, trainer.model, trainer.state_tensors(),
-                             {"epoch": trainer.epoch, "step": trainer.step}, durable=durable)
-        if durable:
-            last_sync[0] = time.monotonic()
-        runs.write_status(out, "running", epoch=trainer.epoch, epochs=epochs)
-        if on_epoch:
-            on_epoch(row)
-
-    try:
-        state = trainer.run(Callbacks(on_step=step_cb, on_epoch=epoch_cb, should_stop=stop_flag.event.is_set))
-    except (NonFiniteLoss, distributed.PeersLost) as e:
-        try:
-            runs.sync_checkpoint(out)  # the last good checkpoint, made durable
-        except OSError:
-            pass  # the error to report is the loss, not the disk
-        runs.write_status(out, "failed", message=str(e))
-        raise
-    except OSError as e:  # disk full, read-only folder: the previous files are intact
-        runs_msg = f"cannot write to the run folder {out} ({e.strerror or e}): the last saved checkpoint is kept"
-        try:
-            runs.write_status(out, "failed", message=runs_msg)
-        except OSError:
-            pass
-        raise TrainerError(runs_msg) from None
-    if state != "done":
-        runs.sync_checkpoint(out)
-    message = "" if state == "done" else f"cancelled after epoch {trainer.epoch}; the checkpoint of that epoch is kept"
-    runs.write_status(out, state, epoch=trainer.epoch, epochs=epochs, message=message)
-    return state
+def _restore(trainer, cfg: RunConfig, out: Path) -> None:
+    """Put a resumed run's trainer where its last checkpoint left it: the weights, Adam's
+    and the generators' state, the epoch and step counters (all from one save), and
+    metrics.jsonl cut back to the rows of the epochs that checkpoint holds."""
+    model = checkpoints.load_model(out, cfg)
+    trainer.model.load_state_dict(model.state_dict())
+    trainer.load_state_tensors(checkpoints.load_optim_state(out, trainer.model))
+    ts = checkpoints.read_train_state(out)  # weights, optimizer state and epoch from one save
+    trainer.epoch, trainer.step = ts["epoch"], ts["step"]
+    if trainer.epoch > cfg.train.epochs:
+        raise TrainerError(f"--resume: {out} has already trained {trainer.epoch} epochs; "
+                           f"give --epochs above {trainer.epoch} to train more")
+    _truncate_metrics(out, trainer.epoch)
 
 
 def _truncate_metrics(out: Path, epoch: int) -> None:
     """Keep only the metrics rows of epochs <= the checkpoint's epoch (atomically)."""
     rows = [r for r in runs.read_metrics(out) if isinstance(r.get("epoch"), int) and r["epoch"] <= epoch]
-    import json
+    fileio.atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
 
-    runs.atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+class _Reporter:
+    """What the run folder hears while the trainer trains: status.json (running, its
+    heartbeat at most once a second, the final state) and, after every epoch, the metrics
+    row and then the checkpoint. Every epoch's checkpoint is saved atomically (a killed
+    process leaves the last epoch's), but fsynced at most every SYNC_EVERY_S and at the last
+    epoch: fsyncing a few MB costs as much as a whole digits epoch, and a power cut can lose
+    only those seconds of training. The caller's on_step and on_epoch are called after."""
+
+    def __init__(self, out: Path, trainer, epochs: int, on_epoch: Callable[[dict], None] | None,
+                 on_step: Callable[[int, int, int, int], None] | None):
+        self.out, self.trainer, self.epochs = out, trainer, epochs
+        self.user_on_epoch, self.user_on_step = on_epoch, on_step
+        self.last_beat = self.last_sync = time.monotonic()
+
+    def start(self) -> None:
+        """Status `running`, naming this process, from the epoch the trainer starts at."""
+        runs.write_status(self.out, "running", epoch=self.trainer.epoch, epochs=self.epochs, pid=os.getpid(),
+                          message="", started=time.time())
+        self.last_beat = self.last_sync = time.monotonic()
+
+    def on_step(self, step: int, epoch: int, i: int, n: int) -> None:
+        if time.monotonic() - self.last_beat > 1.0:  # heartbeat at most once a second
+            self.last_beat = time.monotonic()
+            runs.write_status(self.out, "running", epoch=epoch, epochs=self.epochs, batch=i + 1, batches=n)
+        if self.user_on_step:
+            self.user_on_step(step, epoch, i, n)
+
+    def on_epoch(self, row: dict) -> None:
+        trainer = self.trainer
+        row = {**row, "wall_time": time.time()}
+        # The row first: if the save then fails, --resume drops rows past the saved epoch.
+        fileio.append_jsonl(self.out / "metrics.jsonl", row)
+        durable = trainer.epoch >= self.epochs or time.monotonic() - self.last_sync >= SYNC_EVERY_S
+        checkpoints.save_checkpoint(self.out, trainer.model, trainer.state_tensors(),
+                                    {"epoch": trainer.epoch, "step": trainer.step}, durable=durable)
+        if durable:
+            self.last_sync = time.monotonic()
+        runs.write_status(self.out, "running", epoch=trainer.epoch, epochs=self.epochs)
+        if self.user_on_epoch:
+            self.user_on_epoch(row)
+
+    def finish(self, state: str) -> None:
+        """The final status (done or cancelled); a stop makes its last checkpoint durable first."""
+        if state != "done":
+            checkpoints.sync_checkpoint(self.out)
+        epoch = self.trainer.epoch
+        message = "" if state == "done" else f"cancelled after epoch {epoch}; the checkpoint of that epoch is kept"
+        runs.write_status(self.out, state, epoch=epoch, epochs=self.epochs, message=message)
 
 
 @dataclass
@@ -244,7 +295,7 @@ class Run:
 
     @property
     def status(self) -> dict | None:
-        return runs.read_status(self.path)
+        return runs.read_status_dead_as_failed(self.path)
 
     def load_data(self) -> Dataset:
         """The run's data set with its train/test split (same seed, same split)."""
@@ -285,7 +336,7 @@ def load_run(path: str | Path) -> Run:
     if not path.is_dir():
         raise TrainerError(f"{path}: no such run folder")
     cfg = runs.load_config(path)
-    model = runs.load_model(path, cfg)
+    model = checkpoints.load_model(path, cfg)
     return Run(path, cfg, model)
 
 
@@ -297,35 +348,15 @@ def evaluate_run(run: Run, split: str = "test", k: int = 1000, mc_samples: int =
     on a GPU differ from the CPU's by Monte Carlo noise (run.model itself stays put)."""
     import copy
 
-    from .elbo import active_units
-
     data = run.load_data()
     x = data.x_test if split == "test" else data.x_train
     where = pick_device(device)
     model = run.model if where.type == "cpu" else copy.deepcopy(run.model).to(where)
-    gen = torch.Generator(device=where).manual_seed(seed)
-    sums = {"elbo": 0.0, "recon": 0.0, "kl": 0.0, "log_px": 0.0, "exact_log_px": 0.0}
-    mus, kl_dims = [], []
-    with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            xb = x[i:i + batch_size]
-            xd = xb.to(where)  # xb stays on the CPU for the data set's exact log p(x)
-            t = elbo_terms(model, xd, mc_samples, gen)
-            for key in ("elbo", "recon", "kl"):
-                sums[key] += float(t[key].double().sum())
-            sums["log_px"] += float(log_px(model, xd, k, gen).double().sum())
-            if data.exact_log_px is not None:
-                sums["exact_log_px"] += float(data.exact_log_px(xb).double().sum())
-            mus.append(t["mu"].cpu())
-            kl_dims.append(t["kl_per_dim"].double().sum(0).cpu())
-    n = len(x)
-    out = {"n": n, "split": split, "k": k, "mc_samples": mc_samples}
-    out.update({key: v / n for key, v in sums.items()})
+    ev = evaluate(model, x, mc_samples, seed, batch_size, k=k, exact_log_px=data.exact_log_px)
+    out = {"n": ev.n, "split": split, "k": k, "mc_samples": mc_samples, **ev.means()}
     out["gap"] = out["log_px"] - out["elbo"]
-    out["active_units"] = active_units(torch.cat(mus))
-    out["kl_per_dim"] = (torch.stack(kl_dims).sum(0) / n).tolist()
-    if data.exact_log_px is None:
-        del out["exact_log_px"]
+    out["active_units"] = ev.active_units
+    out["kl_per_dim"] = ev.kl_per_dim_mean()
     if run.model.likelihood.has_sigma_dec:
         out["sigma_dec"] = run.model.reported_sigma_dec()
     return out

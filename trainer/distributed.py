@@ -16,9 +16,9 @@ How the work is shared among the W processes ("ranks"; this one is rank r):
     the single process's gradient, also for a last batch that does not split evenly.
   - After each step the ranks all-reduce two flags, "loss not finite" and "stop asked"
     (SIGTERM, the app's Cancel), so that all ranks stop at the same step.
-  - Metrics: training sums are all-reduced. The test split is evaluated in train.evaluate's
-    batches dealt round-robin to the ranks, each rank drawing every batch's eps in order (a
-    few numbers per sample), so the test numbers match one process up to rounding.
+  - Metrics: training sums are all-reduced. The test split is evaluated by elbo.evaluate with
+    its batches dealt round-robin to the ranks, each rank drawing every batch's eps in order
+    (a few numbers per sample), so the test numbers match one process up to rounding.
   - Rank 0 alone writes the run folder (api.fit). The other ranks read nothing from it: the
     resolved config, weights, Adam state, generators and counters come from rank 0 by
     broadcast when training starts, so --resume needs no file system shared between machines.
@@ -49,12 +49,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .config import RunConfig
 from .data import Dataset, load_dataset
-from .elbo import elbo_terms
+from .elbo import elbo_terms, evaluate
 from .errors import TrainerError
 from .model import VAE
-from .train import NO_GPU, Callbacks, Trainer, pick_device, set_threads
-
-ACTIVE_UNIT_THRESHOLD = 0.01  # elbo.active_units' rule: Cov_x(E_q[z_j]) above this
+from .train import NO_GPU, Callbacks, Trainer, pick_device, set_threads, test_metrics
 
 
 class PeersLost(TrainerError):
@@ -277,39 +275,9 @@ class DistributedTrainer(Trainer):
 
     def end_of_epoch(self, sums: torch.Tensor) -> dict:
         all_reduce_sum(sums)
-        return evaluate_shared(self.model, self.x_test, self.dist, 1, seed=self.cfg.train.seed + 3)
-
-
-@torch.no_grad()
-def evaluate_shared(model: VAE, x, d: Dist, mc_samples: int = 1, seed: int = 0,
-                    batch_size: int = 4096) -> dict[str, float]:
-    """train.evaluate over the ranks: its batches dealt round-robin; every rank draws every
-    batch's eps in order, so each batch sees the noise it sees in one process."""
-    device = x.device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    dtype = next(model.parameters()).dtype
-    d_lat = model.latent_dim
-    # elbo, recon, kl sums; then sum and sum of squares of the posterior means mu (for active units)
-    sums = torch.zeros(3 + 2 * d_lat, dtype=torch.float64, device=device)
-    was_training = model.training
-    model.eval()
-    for j, i in enumerate(range(0, len(x), batch_size)):
-        nb = min(batch_size, len(x) - i)
-        eps = torch.randn((mc_samples, nb, d_lat), generator=gen, device=device, dtype=dtype)
-        if j % d.world_size != d.rank:
-            continue
-        terms = elbo_terms(model, x[i:i + nb], mc_samples, eps=eps)
-        mu = terms["mu"].double()
-        sums += torch.cat([torch.stack([terms[k].double().sum() for k in ("elbo", "recon", "kl")]),
-                           mu.sum(0), mu.pow(2).sum(0)])
-    model.train(was_training)
-    all_reduce_sum(sums)
-    n = len(x)
-    out = {k: float(sums[i]) / n for i, k in enumerate(("elbo", "recon", "kl"))}
-    s1, s2 = sums[3:3 + d_lat], sums[3 + d_lat:]
-    var = (s2 - s1.pow(2) / n) / max(n - 1, 1)  # unbiased, as torch.var in elbo.active_units
-    out["active_units"] = int((var > ACTIVE_UNIT_THRESHOLD).sum()) if n >= 2 else 0
-    return out
+        share = evaluate(self.model, self.x_test, 1, seed=self.cfg.train.seed + 3,
+                         share=(self.dist.rank, self.dist.world_size))
+        return test_metrics(share.reduced(all_reduce_sum))
 
 
 # -- the ranks other than 0 ----------------------------------------------------------------------
@@ -363,10 +331,12 @@ def stop_followers_on_error():
 
 # -- python -m trainer fit --nproc N --------------------------------------------------------------
 
-def launch(nproc: int, argv: list[str]) -> int:
+def launch(nproc: int, argv: list[str], threads: int = 0) -> int:
     """Run `python -m trainer ARGV` (a fit) in `nproc` processes on this machine through
-    torchrun (torch.distributed.run, standalone rendezvous on a free local port). Returns
-    the exit status: 0, or rank 0's (else the first failed process's) status; 130 when cancelled."""
+    torchrun (torch.distributed.run, standalone rendezvous on a free local port). `threads`:
+    each process's torch threads as the run's settings give them (0: the cores shared out).
+    Returns the exit status: 0, or rank 0's (else the first failed process's) status; 130
+    when cancelled."""
     import logging
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -377,7 +347,7 @@ def launch(nproc: int, argv: list[str]) -> int:
         if name.startswith("torch.distributed.elastic"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default, without its banner
-    if not any(a == "--threads" or a.startswith("--threads=") for a in argv):
+    if not threads:
         # "all cores" in each of nproc processes would oversubscribe the CPU: share them out
         argv = [*argv, "--threads", str(max(1, (os.cpu_count() or 1) // nproc))]
     args = get_args_parser().parse_args(
@@ -413,4 +383,4 @@ def strip_nproc(argv: list[str]) -> list[str]:
 
 
 __all__ = ["Dist", "DistributedTrainer", "PeersLost", "init_from_env", "current", "make_trainer", "follow",
-           "launch", "share", "evaluate_shared", "all_reduce_sum", "any_rank", "barrier", "broadcast_json"]
+           "launch", "share", "all_reduce_sum", "any_rank", "barrier", "broadcast_json"]

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import torch
 
-LOG_2PI = math.log(2 * math.pi)
+from .likelihoods import LOG_2PI
 
 
 def gmm_log_px(x: torch.Tensor, means: torch.Tensor, sigma: float, weights: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ def png_bytes(array: np.ndarray, scale: int = 1) -> bytes:
 
 
 def save_grid(images: np.ndarray, out: str | Path) -> None:
-    from .runs import atomic_write_bytes
+    from .fileio import atomic_write_bytes
 
     out = Path(out)
     if out.suffix.lower() != ".png":

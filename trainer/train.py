@@ -21,9 +21,9 @@ import torch
 
 from .config import RunConfig
 from .data import Dataset
-from .elbo import active_units, elbo_terms
+from .elbo import Evaluation, elbo_terms, evaluate
 from .errors import TrainerError
-from .model import VAE, build_model
+from .model import build_model
 
 
 class NonFiniteLoss(TrainerError):
@@ -59,24 +59,10 @@ def kl_weight(cfg: RunConfig, epoch: int, frac: float) -> float:
     return t.beta * min(1.0, (epoch + frac) / t.kl_warmup)
 
 
-@torch.no_grad()
-def evaluate(model: VAE, x: torch.Tensor, mc_samples: int = 1, seed: int = 0,
-             batch_size: int = 4096) -> dict[str, float]:
-    """Mean ELBO terms over x (per sample, nats) and the active units, with fixed eps."""
-    gen = torch.Generator(device=x.device).manual_seed(seed)
-    sums = {"elbo": 0.0, "recon": 0.0, "kl": 0.0}
-    mus = []
-    was_training = model.training
-    model.eval()
-    for i in range(0, len(x), batch_size):
-        terms = elbo_terms(model, x[i:i + batch_size], mc_samples, gen)
-        for k in sums:
-            sums[k] += float(terms[k].double().sum())
-        mus.append(terms["mu"])
-    model.train(was_training)
-    out = {k: v / len(x) for k, v in sums.items()}
-    out["active_units"] = active_units(torch.cat(mus))
-    return out
+def test_metrics(ev: Evaluation) -> dict:
+    """An evaluation as the test-split fields of a metrics row: elbo, recon, kl (per-sample
+    means, nats) and active_units."""
+    return {**ev.means(), "active_units": ev.active_units}
 
 
 @dataclass
@@ -210,13 +196,13 @@ class Trainer:
         return not_finite, stop
 
     def end_of_epoch(self, sums: torch.Tensor) -> dict:
-        """The test split's metrics; `sums` (the epoch's training sums) are complete here."""
-        return evaluate(self.model, self.x_test, 1, seed=self.cfg.train.seed + 3)
+        """The test split's metrics (fixed noise); `sums` (the epoch's training sums) are complete here."""
+        return test_metrics(evaluate(self.model, self.x_test, 1, seed=self.cfg.train.seed + 3))
 
     def epoch_row(self, s: list[float], n: int, train_time: float, test: dict) -> dict:
         """The metrics row of the epoch just finished (also used by trainer.distributed).
         s: per-sample means of the training recon, kl, elbo and objective; n: training
-        samples; test: evaluate()'s result. Raises NonFiniteLoss if the ELBO is not finite."""
+        samples; test: test_metrics() of the test split's evaluation. Raises NonFiniteLoss if the ELBO is not finite."""
         cfg, model = self.cfg, self.model
         row = {
             "epoch": self.epoch, "step": self.step, "epoch_time_s": train_time,

@@ -1,29 +1,29 @@
-"""What the views show, computed from a trained run: encodings, projections, paths, decodes.
+"""What the views show, computed from a trained run: the encoded test set, the latent map's
+colours, projections to the plane, paths between two codes, grids, traversals and one
+sample's ELBO breakdown.
 
-Each computation is a plain function of a `trainer.Run` (or of arrays) that tests call
-directly; the `cached_*` wrappers memoise them with st.cache_data, keyed on the run folder
-and its checkpoint's modification time, so that a new checkpoint is never served stale
-results. All ELBO numbers are per sample, in nats, with the sign of a log-likelihood
-(higher is better).
+Each is a plain function of a `trainer.Run` (or of arrays) that tests call directly; no
+streamlit here. explorer/services/cached.py memoises them for the views, one cache entry
+per checkpoint; explorer/services/pictures.py turns decoded means into pictures. All ELBO
+numbers are per sample, in nats, with the sign of a log-likelihood (higher is better).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import streamlit as st
 import torch
 
 from trainer import Run
+from trainer.elbo import evaluate
+from trainer.likelihoods import LOG_2PI
+from trainer.model import log_standard_normal
 
-from .runs import checkpoint_mtime, open_run
-
-LOG_2PI = math.log(2 * math.pi)
 T_STEPS = 101  # interpolation frames: t = 0, 0.01, ..., 1 (the slider's steps)
 MAX_DISCRETE = 20  # a label column with at most this many integer values is a category
+EVAL_K = 100  # importance samples per test sample for the Runs table's log p(x)
 
 
 @dataclass
@@ -40,6 +40,7 @@ class Encoded:
     labels: np.ndarray | None  # (N, F) labels or known factors
     label_names: list[str]  # F names
     is_image: bool
+    active_dims: np.ndarray  # (d,) bool: the trainer's active units (Cov_x(E_q[z_j]) > 0.01)
 
     @property
     def n(self) -> int:
@@ -51,27 +52,53 @@ class Encoded:
 
 
 def encode_test(run: Run, batch_size: int = 1000) -> Encoded:
-    """Encode the run's test split and compute each sample's ELBO terms (fixed eps, seed 0)."""
+    """Encode the run's test split and compute each sample's ELBO terms (M = 1, fixed eps
+    from seed 0), through the trainer's one evaluation loop."""
     data = run.load_data()
-    x = data.x_test
-    parts = []
-    for i in range(0, len(x), batch_size):
-        t = run.elbo_terms(x[i:i + batch_size], mc_samples=1, seed=i)
-        parts.append({k: v.numpy() for k, v in t.items()})
-    cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    return Encoded(x.numpy(), cat["mu"], cat["logvar"], cat["recon"], cat["kl"], cat["elbo"],
-                   cat["kl_per_dim"], data.y_test, list(data.label_names), data.is_image)
-
-
-def active_dims(mu: np.ndarray, threshold: float = 0.01) -> np.ndarray:
-    """(d,) bool: dimensions whose posterior mean varies over the data, Cov_x(E_q[z_j]) > 0.01
-    (the trainer's active-units rule, Burda et al. 2016)."""
-    return mu.var(0, ddof=1) > threshold if len(mu) > 1 else np.zeros(mu.shape[1], bool)
+    ev = evaluate(run.model, data.x_test, mc_samples=1, seed=0, batch_size=batch_size, keep_per_sample=True)
+    t = {k: v.numpy() for k, v in ev.per_sample.items()}
+    return Encoded(data.x_test.numpy(), t["mu"], t["logvar"], t["recon"], t["kl"], t["elbo"], t["kl_per_dim"],
+                   data.y_test, list(data.label_names), data.is_image, ev.active_dims().numpy())
 
 
 def is_discrete(values: np.ndarray) -> bool:
     v = np.asarray(values, dtype=float)
     return bool(np.all(v == np.round(v)) and len(np.unique(v)) <= MAX_DISCRETE)
+
+
+# -- colouring the latent map ----------------------------------------------------------------
+
+def color_options(enc: Encoded) -> list[str]:
+    """What the latent map can be coloured by: each label column, the per-sample terms, and
+    each latent coordinate."""
+    opts = list(enc.label_names) if enc.labels is not None else []
+    opts += ["ELBO", "recon", "KL"]
+    opts += [f"z{j + 1}" for j in range(enc.latent_dim)]
+    return opts + ["none"]
+
+
+def color_values(enc: Encoded, option: str) -> tuple[np.ndarray | None, bool]:
+    """(values (N,), discrete) for a color option of color_options()."""
+    if option == "none":
+        return None, False
+    if enc.labels is not None and option in enc.label_names:
+        v = enc.labels[:, enc.label_names.index(option)]
+        return v, is_discrete(v)
+    terms = {"ELBO": enc.elbo, "recon": enc.recon, "KL": enc.kl}
+    if option in terms:
+        return terms[option], False
+    if option.startswith("z") and option[1:].isdigit() and 1 <= int(option[1:]) <= enc.latent_dim:
+        return enc.mu[:, int(option[1:]) - 1], False
+    raise ValueError(f"unknown colour option {option!r}")
+
+
+def category_names(option: str) -> dict[float, str] | None:
+    """Readable names for known categorical labels (the shapes data set's shape factor)."""
+    if option == "shape":
+        from trainer.data import SHAPE_NAMES
+
+        return {float(i): n for i, n in enumerate(SHAPE_NAMES)}
+    return None
 
 
 # -- projections to the plane ----------------------------------------------------------------
@@ -190,9 +217,9 @@ def typical_log_density(d: int, k: float = 2.0) -> tuple[float, float]:
 
 
 def prior_log_density(z: np.ndarray) -> np.ndarray:
-    """log N(z; 0, I) per code, nats: (..., d) -> (...)."""
-    z = np.asarray(z, dtype=np.float64)
-    return -0.5 * (z ** 2).sum(-1) - 0.5 * z.shape[-1] * LOG_2PI
+    """log N(z; 0, I) per code, nats: (..., d) -> (...); the trainer's log_standard_normal,
+    in float64."""
+    return log_standard_normal(torch.as_tensor(np.asarray(z, dtype=np.float64))).numpy()
 
 
 @dataclass
@@ -230,18 +257,6 @@ def manifold(run: Run, n: int = 15, span: float = 3.0) -> np.ndarray:
     return run.decode(z).numpy()
 
 
-def manifold_background(images: np.ndarray, n: int, span: float, scale: int = 4) -> tuple[np.ndarray, float]:
-    """The decoded grid (n*n, C, H, W) as one picture to lay under the latent map: dark ink on
-    a light ground (so coloured points stay visible), 1-px light gaps between tiles, scaled up
-    with sharp pixels. Returns (uint8 image, half-width of its extent in latent units), the
-    extent chosen so that each tile is centred on the code it was decoded from."""
-    from trainer.images import to_grid
-
-    grid = to_grid(1.0 - images_for_display(images), ncols=n, pad=1)
-    grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
-    return grid, span * (1 + 1 / (n - 1)) if n > 1 else span
-
-
 def prior_density_grid(span: float = 3.5, n: int = 60) -> tuple[np.ndarray, np.ndarray]:
     """log N(z; 0, I) for d = 2 on an n x n grid: axis (n,), values (n, n) indexed [z2, z1]."""
     axis = np.linspace(-span, span, n)
@@ -264,6 +279,8 @@ def traversals(run: Run, dims: list[int], steps: int = 9, span: float = 3.0) -> 
     return run.decode(z.reshape(-1, run.model.latent_dim)).numpy()
 
 
+# -- one sample's ELBO -----------------------------------------------------------------------
+
 def sample_breakdown(run: Run, x: np.ndarray, mc_samples: int = 100, k: int = 1000, seed: int = 0) -> dict:
     """Fig 1.4 for one sample: recon, kl, elbo (M = mc_samples), the importance-sampled
     log p(x) (K = k) and the gap log p(x) - ELBO, an estimate of KL(q(z|x) || p(z|x))."""
@@ -274,154 +291,3 @@ def sample_breakdown(run: Run, x: np.ndarray, mc_samples: int = 100, k: int = 10
     out["gap"] = out["log_px"] - out["elbo"]
     out["mc_samples"], out["k"] = mc_samples, k
     return out
-
-
-def images_for_display(images: np.ndarray) -> np.ndarray:
-    """(N, C, H, W) decoded means -> clipped to [0, 1] for display."""
-    return np.clip(np.asarray(images, dtype=np.float32), 0.0, 1.0)
-
-
-def png(images: np.ndarray, ncols: int | None = None, size: int = 64) -> bytes:
-    """A grid of images (N, C, H, W) in [0, 1] as PNG bytes, each scaled up with sharp pixels
-    to about `size` pixels."""
-    from trainer.images import png_bytes, to_grid
-
-    images = images_for_display(images)
-    h = images.shape[-2]
-    return png_bytes(to_grid(images, ncols=ncols), scale=max(1, round(size / h)))
-
-
-def png_data_url(images: np.ndarray, ncols: int | None = None, size: int = 64) -> str:
-    """png() as a data: URL, which st.image passes to the page as it is (no media file)."""
-    import base64
-
-    return "data:image/png;base64," + base64.b64encode(png(images, ncols, size)).decode("ascii")
-
-
-# -- cached entry points for the views -------------------------------------------------------
-
-def _key(path: Path) -> tuple[str, float]:
-    return str(Path(path).resolve()), checkpoint_mtime(path)
-
-
-@st.cache_data(max_entries=16, show_spinner=False)
-def _encoded(path: str, mtime: float) -> Encoded:
-    return encode_test(open_run(Path(path)))
-
-
-def cached_encoded(path: Path) -> Encoded:
-    return _encoded(*_key(path))
-
-
-@st.cache_data(max_entries=32, show_spinner=False)
-def _projection(path: str, mtime: float, method: str) -> Projection:
-    return project(_encoded(path, mtime).mu, method)
-
-
-def cached_projection(path: Path, method: str) -> Projection:
-    return _projection(*_key(path), method)
-
-
-@st.cache_data(max_entries=64, show_spinner=False)
-def _path_frames(path: str, mtime: float, a: int, b: int, method: str) -> PathFrames:
-    enc = _encoded(path, mtime)
-    return path_frames(open_run(Path(path)), enc.mu[a], enc.mu[b], method)
-
-
-def cached_path_frames(path: Path, a: int, b: int, method: str) -> PathFrames:
-    return _path_frames(*_key(path), int(a), int(b), method)
-
-
-@st.cache_data(max_entries=16, show_spinner=False)
-def _manifold(path: str, mtime: float, n: int, span: float) -> np.ndarray:
-    return manifold(open_run(Path(path)), n, span)
-
-
-def cached_manifold(path: Path, n: int, span: float) -> np.ndarray:
-    return _manifold(*_key(path), n, span)
-
-
-@st.cache_data(max_entries=64, show_spinner=False)
-def _breakdown(path: str, mtime: float, index: int) -> dict:
-    return sample_breakdown(open_run(Path(path)), _encoded(path, mtime).x[index])
-
-
-def cached_breakdown(path: Path, index: int) -> dict:
-    return _breakdown(*_key(path), int(index))
-
-
-@st.cache_data(max_entries=32, show_spinner=False)
-def _samples(path: str, mtime: float, n: int, seed: int) -> np.ndarray:
-    return open_run(Path(path)).generate(n, seed).numpy()
-
-
-def cached_samples(path: Path, n: int, seed: int) -> np.ndarray:
-    return _samples(*_key(path), n, seed)
-
-
-@st.cache_data(max_entries=16, show_spinner=False)
-def _traversals(path: str, mtime: float, dims: tuple[int, ...], steps: int, span: float) -> np.ndarray:
-    return traversals(open_run(Path(path)), list(dims), steps, span)
-
-
-def cached_traversals(path: Path, dims: list[int], steps: int, span: float) -> np.ndarray:
-    return _traversals(*_key(path), tuple(int(d) for d in dims), steps, span)
-
-
-@st.cache_data(max_entries=16, show_spinner=False)
-def _reconstructions(path: str, mtime: float) -> np.ndarray:
-    return open_run(Path(path)).decode(_encoded(path, mtime).mu).numpy()
-
-
-def cached_reconstructions(path: Path) -> np.ndarray:
-    """f(mu(x)) for every test sample: the decoded posterior means, (N, *shape)."""
-    return _reconstructions(*_key(path))
-
-
-def color_options(enc: Encoded) -> list[str]:
-    """What the latent map can be coloured by: each label column, the per-sample terms, and
-    each latent coordinate."""
-    opts = list(enc.label_names) if enc.labels is not None else []
-    opts += ["ELBO", "recon", "KL"]
-    opts += [f"z{j + 1}" for j in range(enc.latent_dim)]
-    return opts + ["none"]
-
-
-def color_values(enc: Encoded, option: str) -> tuple[np.ndarray | None, bool]:
-    """(values (N,), discrete) for a color option of color_options()."""
-    if option == "none":
-        return None, False
-    if enc.labels is not None and option in enc.label_names:
-        v = enc.labels[:, enc.label_names.index(option)]
-        return v, is_discrete(v)
-    terms = {"ELBO": enc.elbo, "recon": enc.recon, "KL": enc.kl}
-    if option in terms:
-        return terms[option], False
-    if option.startswith("z") and option[1:].isdigit() and 1 <= int(option[1:]) <= enc.latent_dim:
-        return enc.mu[:, int(option[1:]) - 1], False
-    raise ValueError(f"unknown colour option {option!r}")
-
-
-def category_names(option: str) -> dict[float, str] | None:
-    """Readable names for known categorical labels (the shapes data set's shape factor)."""
-    if option == "shape":
-        from trainer.data import SHAPE_NAMES
-
-        return {float(i): n for i, n in enumerate(SHAPE_NAMES)}
-    return None
-
-
-EVAL_K = 100  # importance samples per test sample for the Runs table's log p(x)
-
-
-@st.cache_data(max_entries=64, show_spinner=False)
-def _evaluation(path: str, mtime: float, k: int) -> dict:
-    from trainer import evaluate_run
-
-    return evaluate_run(open_run(Path(path)), "test", k=k)
-
-
-def cached_evaluation(path: Path, k: int = EVAL_K) -> dict:
-    """trainer.evaluate_run on the test split: elbo, recon, kl, log_px (K = k), gap, active
-    units; per-sample means, nats."""
-    return _evaluation(*_key(path), k)

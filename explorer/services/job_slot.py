@@ -10,7 +10,8 @@ when the trainer ends, however it ends (kill -9 included). Waiting needs no app:
 jobs start one after another even with every browser tab closed, and an app that restarts
 finds them by reading the run folders.
 
-It imports neither torch nor the trainer, so a waiting job costs almost nothing.
+It imports no torch (only the trainer's torch-free modules: trainer.liveness, its process
+check, and trainer.fileio, its atomic writes), so a waiting job costs almost nothing.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import fcntl
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from trainer.fileio import atomic_write_json
+from trainer.liveness import process_alive
 
 SLOTS = ".slots"  # under the runs folder
 JOB_FILE = "job.json"  # jobs.JOB_FILE
@@ -36,28 +39,6 @@ def _read_json(path: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def alive(pid: object) -> bool:
-    """Whether `pid` is a live process (a zombie counts as finished).
-
-    The same check as trainer.runs.process_alive(pid), the one liveness check, repeated here
-    only because importing trainer.runs imports torch (seconds and some 200 MB for every
-    queued job); tests/reliability/test_liveness.py checks that both answer alike."""
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    except OverflowError:
-        return False  # larger than any pid
-    try:  # Linux: a zombie has exited but was not reaped by its parent
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def waiting_jobs(root: Path) -> list[str]:
     """Names of the runs whose job waits for a slot, oldest first: launched (job.json has a
     pid and a start time), alive, not yet holding a slot, and not started by the trainer."""
@@ -68,7 +49,7 @@ def waiting_jobs(root: Path) -> list[str]:
         if job is None or "slot" in job or not isinstance(job.get("started"), (int, float)):
             continue
         status = _read_json(d / "status.json") or {}
-        if status.get("state", "queued") != "queued" or not alive(job.get("pid")):
+        if status.get("state", "queued") != "queued" or not process_alive(job.get("pid")):
             continue
         waiting.append((job["started"], d.name))
     return [name for _, name in sorted(waiting)]
@@ -94,13 +75,10 @@ def try_slot(root: Path, limit: int) -> tuple[int, int] | None:
 
 
 def _record_slot(run_dir: Path, slot: int) -> None:
-    """Add the slot to job.json (atomically: temp file, rename)."""
+    """Add the slot to job.json (atomically: temp file, fsync, rename)."""
     job = _read_job(run_dir) or {}
     job.update(slot=slot, slot_at=time.time())
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{JOB_FILE}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(job, f)
-    os.replace(tmp, run_dir / JOB_FILE)
+    atomic_write_json(run_dir / JOB_FILE, job)
 
 
 def wait_for_slot(root: Path, run_dir: Path, limit: int) -> int:

@@ -1,10 +1,13 @@
 """Training jobs: `python -m trainer fit` as a separate process, one per run folder.
 
-The app never trains in its own script thread. `start` launches the trainer's command
-line in a new process group (so that Cancel can signal the whole group) with its output
-going to `train.log` in the run folder, and records the launch in `job.json`:
+The app never trains in its own script thread. `start` writes the run's settings to
+`job-config.json` in the run folder and launches the trainer's command line on it
+(`python -m trainer fit --config RUN/job-config.json --out RUN`) in a new process group (so
+that Cancel can signal the whole group) with its output going to `train.log` in the run
+folder, and records the launch in `job.json`:
 
-    job.json    {"pid", "config", "command", "started"}   written once, at launch
+    job-config.json  the settings, in config.json's format      written once, before launch
+    job.json         {"pid", "config", "command", "started"}    written once, at launch
 
 The trainer itself writes `status.json` (running/done/failed/cancelled, epoch, heartbeat,
 message) and `metrics.jsonl`; `job_state` combines those with whether the process is still
@@ -30,14 +33,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer import RunConfig, TrainerError
-from trainer.runs import atomic_write_json, process_alive, read_metrics, read_status, write_status
-from trainer.safety import safe_run_path
+from trainer import ModelConfig, RunConfig, TrainerError
+from trainer.fileio import atomic_write_json
+from trainer.liveness import process_alive
+from trainer.run_names import MAX_APP_RUN_NAME, RESERVED_NAMES, check_run_name, run_name_from, safe_run_path
+from trainer.runs import INFORMATIONAL, read_metrics, read_status_dead_as_failed, write_status
 
 from . import job_slot
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # where `python -m trainer` is importable
 JOB_FILE = "job.json"
+JOB_CONFIG_FILE = "job-config.json"  # the settings a new run's trainer reads (fit --config)
 LOG_FILE = "train.log"
 ACTIVE = ("queued", "running")
 
@@ -70,28 +76,46 @@ class JobState:
 
 # -- the command line ------------------------------------------------------------------------
 
+def write_job_config(run_dir: Path, cfg: RunConfig) -> Path:
+    """Write `cfg` (in config.json's format) to run_dir/JOB_CONFIG_FILE, atomically; the
+    trainer of fit_command reads it. Returns its path."""
+    path = Path(run_dir) / JOB_CONFIG_FILE
+    atomic_write_json(path, cfg.to_dict())
+    return path
+
+
 def fit_command(cfg: RunConfig, out: Path, threads: int) -> list[str]:
-    """The `python -m trainer fit` argument list that trains `cfg` into `out`; with
-    cfg.train.world_size > 1 it starts that many processes (torchrun), sharing the threads."""
-    m, t = cfg.model, cfg.train
-    nproc = ["--nproc", str(t.world_size)] if t.world_size > 1 else []
-    threads = max(1, threads // t.world_size)
-    return [sys.executable, "-m", "trainer", "fit", *nproc,
-            "--data", cfg.data, "--out", str(out),
-            "--arch", m.arch, "--hidden", ",".join(str(h) for h in m.hidden),
-            "--latent-dim", str(m.latent_dim), "--likelihood", m.likelihood,
-            "--sigma-dec", str(m.sigma_dec),
-            "--beta", repr(float(t.beta)), "--kl-warmup", str(t.kl_warmup),
-            "--mc-samples", str(t.mc_samples), "--epochs", str(t.epochs),
-            "--batch-size", str(t.batch_size), "--lr", repr(float(t.lr)), "--seed", str(t.seed),
-            "--device", t.device, "--threads", str(threads), "--quiet"]
+    """The `python -m trainer fit` argument list that trains a new run into `out` with the
+    settings write_job_config(out, cfg) wrote: every setting travels in that file, so none
+    can be left behind by a flag forgotten here. With cfg.train.world_size > 1 it starts that
+    many processes (torchrun), sharing the threads."""
+    return [*_trainer(cfg), "--config", str(Path(out) / JOB_CONFIG_FILE), "--out", str(out),
+            *_this_machine(cfg, threads), "--quiet"]
+
+
+def resume_command(cfg: RunConfig, out: Path, threads: int, lr: float | None = None) -> list[str]:
+    """The `python -m trainer fit --resume` argument list that continues the run in `out`
+    (whose config.json, `cfg`, holds its settings), at learning rate `lr` if given."""
+    new_lr = ["--lr", repr(float(lr))] if lr is not None else []
+    return [*_trainer(cfg), "--resume", "--out", str(out), *_this_machine(cfg, threads), *new_lr, "--quiet"]
+
+
+def _trainer(cfg: RunConfig) -> list[str]:
+    """`python -m trainer fit`, in cfg.train.world_size processes."""
+    nproc = ["--nproc", str(cfg.train.world_size)] if cfg.train.world_size > 1 else []
+    return [sys.executable, "-m", "trainer", "fit", *nproc]
+
+
+def _this_machine(cfg: RunConfig, threads: int) -> list[str]:
+    """Where the job trains: the config's device, and `threads` shared out among its processes."""
+    return ["--device", cfg.train.device, "--threads", str(max(1, threads // cfg.train.world_size))]
 
 
 def _settings(cfg: RunConfig) -> dict:
     """What makes two jobs the same job: the settings, not the informational fields."""
     d = cfg.to_dict()
-    d.pop("data_shape", None)
-    d.pop("versions", None)
+    for name in INFORMATIONAL:
+        d.pop(name, None)
     d["train"].pop("threads", None)
     return d
 
@@ -100,7 +124,7 @@ def _settings(cfg: RunConfig) -> dict:
 
 def pid_alive(pid: object) -> bool:
     """Whether process `pid` is running (a zombie counts as finished): for a child this app
-    started, whether it has exited; for any other, the trainer's check (runs.process_alive)."""
+    started, whether it has exited; for any other, the trainer's check (liveness.process_alive)."""
     proc = _PROCS.get(pid) if isinstance(pid, int) else None
     if proc is not None:
         return proc.poll() is None
@@ -130,7 +154,7 @@ def last_error_line(run_dir: Path) -> str:
 def job_state(run_dir: Path) -> JobState | None:
     """The state of the run's training job, or None if it never had one."""
     run_dir = Path(run_dir)
-    status = read_status(run_dir)
+    status = read_status_dead_as_failed(run_dir)
     job = read_job(run_dir)
     if status is None and job is None:
         return None
@@ -245,7 +269,7 @@ def start(root: Path, name: str, cfg: RunConfig, threads: int, max_jobs: int | N
         except FileExistsError:
             raise JobBusy(f"{name} is already being started") from None
         os.close(fd)
-        _launch(root, run_dir, cfg, fit_command(cfg, run_dir, threads), threads, max_jobs)
+        _launch(root, run_dir, cfg, fit_command(cfg, run_dir, threads), threads, max_jobs, job_config=cfg)
     return run_dir
 
 
@@ -253,7 +277,8 @@ def resume(root: Path, name: str, threads: int, max_jobs: int | None = None, lr:
     """Continue a failed or cancelled run from its last saved epoch (`python -m trainer fit
     --resume`), through the same queue, at learning rate `lr` if given (else the run's).
     Raises JobBusy if it is training, TrainerError if it has no usable checkpoint."""
-    from trainer.runs import load_config, read_train_state
+    from trainer.checkpoints import read_train_state
+    from trainer.runs import load_config
 
     root = Path(root).resolve()
     run_dir = safe_run_path(root, check_name(name))  # never a symlink out of the runs folder
@@ -266,15 +291,16 @@ def resume(root: Path, name: str, threads: int, max_jobs: int | None = None, lr:
         js = job_state(run_dir)
         if js is not None and js.active:
             raise JobBusy(f"{name} is already training (epoch {js.epoch} of {js.epochs})")
-        _launch(root, run_dir, cfg, fit_command(cfg, run_dir, threads) + ["--resume"], threads, max_jobs,
+        _launch(root, run_dir, cfg, resume_command(cfg, run_dir, threads, lr), threads, max_jobs,
                 message=f"resuming from epoch {epoch}")
     return run_dir
 
 
 def _launch(root: Path, run_dir: Path, cfg: RunConfig, command: list[str], threads: int,
-            max_jobs: int | None, message: str = "") -> None:
+            max_jobs: int | None, message: str = "", job_config: RunConfig | None = None) -> None:
     """Start `command` (a trainer command line) for run_dir through the queue; job.json and a
-    `queued` status record it. Called with the runs lock held."""
+    `queued` status record it. A new run passes its settings as `job_config`, written to
+    JOB_CONFIG_FILE first (fit_command's --config). Called with the runs lock held."""
     limit = max_jobs if max_jobs is not None else max_concurrent_jobs()
     # waits for one of `limit` slots, then execs the trainer (same process, same pid)
     queued = [sys.executable, "-m", "explorer.services.job_slot", str(root), str(limit), "--", *command]
@@ -282,17 +308,20 @@ def _launch(root: Path, run_dir: Path, cfg: RunConfig, command: list[str], threa
         p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     env["OMP_NUM_THREADS"] = str(max(1, threads))
     try:
+        if job_config is not None:
+            write_job_config(run_dir, job_config)
         with open(run_dir / LOG_FILE, "ab") as log:
             proc = subprocess.Popen(queued, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     except OSError as e:
-        if not message:  # a new run: take back its empty job.json
+        if job_config is not None:  # a new run: take back its empty job.json and its settings
             (run_dir / JOB_FILE).unlink(missing_ok=True)
+            (run_dir / JOB_CONFIG_FILE).unlink(missing_ok=True)
         raise TrainerError(f"cannot start the training process ({e.strerror or e})") from None
     _PROCS[proc.pid] = proc
     atomic_write_json(run_dir / JOB_FILE, {"pid": proc.pid, "config": cfg.to_dict(),
                                            "command": command[1:], "started": time.time()})
-    status = read_status(run_dir)
+    status = read_status_dead_as_failed(run_dir)
     if status is None or message:  # the trainer overwrites this with "running"
         write_status(run_dir, "queued", pid=proc.pid, epoch=(status or {}).get("epoch", 0),
                      epochs=cfg.train.epochs, message=message)
@@ -315,7 +344,7 @@ def cancel(run_dir: Path, wait_s: float = 15.0) -> JobState | None:
         _signal_group(pid, signal.SIGKILL)
         while pid_alive(pid) and time.monotonic() < deadline + 5:
             time.sleep(0.05)
-    status = read_status(run_dir)
+    status = read_status_dead_as_failed(run_dir)
     if status is None or status.get("state") in ACTIVE:  # stopped before the trainer could say so
         write_status(run_dir, "cancelled", message="cancelled before the first epoch finished")
     _PROCS.pop(pid, None)
@@ -334,14 +363,9 @@ def _signal_group(pid: int, sig: int) -> None:
 # -- names -------------------------------------------------------------------------------------
 
 def check_name(name: str) -> str:
-    """A run name is one plain folder name: letters, digits, '-', '_' and '.'."""
-    name = (name if isinstance(name, str) else "").strip()
-    ok = name and len(name) <= 80 and name not in (".", "..", "uploads") and not name.startswith(".") \
-        and all(c.isalnum() or c in "-_." for c in name)
-    if not ok:
-        raise TrainerError(f"bad run name {name!r}: use up to 80 letters, digits, '-', '_' or '.' "
-                           "(not 'uploads', not starting with a dot)")
-    return name
+    """A run name given in the app, surrounding spaces trimmed: trainer.run_names' rule, at
+    most MAX_APP_RUN_NAME characters. Raises TrainerError saying what is wrong."""
+    return check_run_name(name.strip() if isinstance(name, str) else name, MAX_APP_RUN_NAME)
 
 
 def suggest_name(root: Path, cfg: RunConfig, base: str | None = None) -> str:
@@ -349,18 +373,15 @@ def suggest_name(root: Path, cfg: RunConfig, base: str | None = None) -> str:
     if base is None:
         data = Path(cfg.data.split(":")[0]).stem or "data"
         base = f"{data}-{cfg.model.latent_dim}d"
-        if cfg.model.arch != "mlp":
+        if cfg.model.arch != ModelConfig().arch:
             base += f"-{cfg.model.arch}"
         if cfg.train.beta != 1:
             base += f"-beta{cfg.train.beta:g}"
         if cfg.train.seed != 0:
             base += f"-seed{cfg.train.seed}"
-    base = "".join(c if (c.isalnum() or c in "-_.") else "-" for c in base).strip(".-") or "run"
-    while ".." in base:  # safe_run_path refuses '..' anywhere
-        base = base.replace("..", ".")
-    base = base[:70]
+    base = run_name_from(base, MAX_APP_RUN_NAME - 10)  # room for the "-2" that makes it free
     name, i = base, 2
-    while (Path(root) / name).exists() or name == "uploads":
+    while (Path(root) / name).exists() or name in RESERVED_NAMES:
         name, i = f"{base}-{i}", i + 1
     return name
 

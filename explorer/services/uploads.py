@@ -1,5 +1,6 @@
 """The user's own data: uploaded files saved under <runs folder>/uploads/ and validated
-on the server by loading them with the trainer's own reader (by content, never unpickled).
+on the server: first by content (upload_checks.py), then by loading them with the trainer's
+own reader (never unpickled).
 
 One uploaded file (.npz with array x and optional y, .npy, .csv, MNIST-style IDX, .gz of
 those) is saved as it is; several PNG/JPEG images are saved into one folder, which the
@@ -15,16 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer import TrainerError, load_dataset
-from trainer.safety import UploadLimits, extract_images_zip, validate_upload
+from trainer.formats import IMAGE_SUFFIXES
 
 from .runs import UPLOADS
+from .upload_checks import UploadLimits, extract_images_zip, validate_upload
 
 MAX_UPLOAD_MB = 200  # also .streamlit/config.toml server.maxUploadSize
-# Checked by content before anything is saved (trainer.safety): sizes, archives (zip bombs,
+# Checked by content before anything is saved (upload_checks.py): sizes, archives (zip bombs,
 # escaping paths), image dimensions, CSV width.
 UPLOAD_LIMITS = UploadLimits(max_bytes=MAX_UPLOAD_MB * 2**20)
 DATA_SUFFIXES = (".npz", ".npy", ".csv", ".gz", ".idx", "-ubyte")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 @dataclass

@@ -1,16 +1,18 @@
-"""Pieces every view shares: the sidebar, the first start, the active run, live progress."""
+"""Pieces every view shares: the sidebar, the first start, the active run and the exploring
+views' start (explore_page), live progress, picking and showing a test sample."""
 
 from __future__ import annotations
 
 import gc
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
 from explorer import charts, state
-from explorer.services import explore, jobs
+from explorer.services import cached, explore, jobs, pictures
 from explorer.services import runs as run_service
 from trainer import Run, RunConfig, TrainerError
 from trainer.runs import read_metrics
@@ -183,6 +185,28 @@ def trained_run() -> tuple[run_service.RunSummary, Run] | None:
     return summary, run
 
 
+@dataclass
+class ExplorePage:
+    """What the exploring views (latent map, interpolate, ELBO, generate) start from."""
+
+    summary: run_service.RunSummary
+    run: Run
+    checkpoint: cached.Checkpoint  # the key of every cached call this page run makes
+    enc: explore.Encoded  # the test split, encoded
+
+
+def explore_page(title: str) -> ExplorePage | None:
+    """An exploring view's start: its title, then the active trained run and its encoded test
+    set; None after saying in the page why there is nothing to explore (see trained_run)."""
+    st.title(title)
+    res = trained_run()
+    if res is None:
+        return None
+    summary, run = res
+    ckpt = cached.checkpoint(summary.path)
+    return ExplorePage(summary, run, ckpt, cached.encoded(ckpt))
+
+
 @st.fragment(run_every=1.0)
 def live_progress(run_dir: str) -> None:
     """Progress bar, ETA, live curves and Cancel for a training job; reruns the whole page
@@ -209,11 +233,6 @@ def live_progress(run_dir: str) -> None:
         with st.spinner("Stopping after the current step..."):
             jobs.cancel(path)
         st.rerun(scope="app")
-
-
-def failure_message(summary: run_service.RunSummary) -> None:
-    if summary.state == "failed":
-        st.error(f"Training {summary.name} failed: {summary.message}")
 
 
 # -- picking a test sample --------------------------------------------------------------------
@@ -257,8 +276,8 @@ def show_sample(enc: explore.Encoded, i: int, recon: np.ndarray, caption_prefix:
     """Input and reconstruction side by side (images), or as bars (vectors)."""
     if enc.is_image:
         c1, c2 = st.columns(2)
-        c1.image(explore.png(enc.x[i:i + 1], size=140), caption=f"{caption_prefix}input x (sample {i})")
-        c2.image(explore.png(recon[None], size=140), caption="reconstruction f(mu(x))")
+        c1.image(pictures.png(enc.x[i:i + 1], size=140), caption=f"{caption_prefix}input x (sample {i})")
+        c2.image(pictures.png(recon[None], size=140), caption="reconstruction f(mu(x))")
     else:
         st.plotly_chart(charts.vector_bars({"input x": enc.x[i], "reconstruction f(mu(x))": recon},
                                            f"Sample {i}: input and reconstruction"), key=f"vec_{caption_prefix}{i}")

@@ -2,14 +2,58 @@
 
 from __future__ import annotations
 
+import plotly.graph_objects as go
 import streamlit as st
 
 from explorer import charts, state
-from explorer.services import explore
+from explorer.services import cached, explore, pictures
 from explorer.views import common
 
 MANIFOLD_N = 15  # decoded images per side of the manifold grid
 MANIFOLD_SPAN = 3.0  # the grid covers [-3, 3]^2, where the prior N(0, I) has its mass
+CHART_KEY = "latent_map_chart"
+
+
+def main() -> None:
+    page = common.explore_page("Latent map")
+    if page is None:
+        return
+    intro(page)
+    c1, c2, c3 = st.columns([2, 3, 2])
+    with c1:
+        color_by = color_picker(page.enc)
+    with c2:
+        method = projection_picker(page.enc.latent_dim)
+    with c3:
+        show_grid, show_contours = overlay_switches(page.enc)
+    fig = map_figure(page, color_by, method, show_grid, show_contours)
+    left, right = st.columns([3, 2])
+    with left:
+        map_chart(fig, color_by, method, page.enc.latent_dim)
+    with right:
+        selected_sample(page)
+
+
+def intro(page: common.ExplorePage) -> None:
+    d = page.enc.latent_dim
+    st.caption(f"Each point is one test sample x of **{page.summary.config.data}**, placed at its posterior mean "
+               f"mu(x) = E[z|x] under q(z|x). Latent size d = {d}"
+               + (" (drawn as is)." if d <= 2 else "; projected to the plane.")
+               + " Click a point to see its input, its reconstruction and its ELBO terms.")
+
+
+# -- the controls above the map ------------------------------------------------------------------
+
+def color_picker(enc: explore.Encoded) -> str:
+    """What the points are coloured by (kept across pages)."""
+    options = explore.color_options(enc)
+    state.seed_widget("color_by", "color", options[0])
+    if st.session_state.get("color_by") not in options:
+        st.session_state["color_by"] = options[0]
+    color_by = st.selectbox("Colour points by", options, key="color_by",
+                            help="A label of the data, a per-sample ELBO term (nats), or one latent coordinate.")
+    state.set("color", color_by)
+    return color_by
 
 
 def projection_picker(latent_dim: int) -> str:
@@ -27,90 +71,82 @@ def projection_picker(latent_dim: int) -> str:
     return method
 
 
-def projected(path, method: str, n: int) -> explore.Projection:
+def overlay_switches(enc: explore.Encoded) -> tuple[bool, bool]:
+    """For d = 2: (the decoded manifold grid under the points, the prior's density contours)."""
+    if enc.latent_dim != 2:
+        return False, False
+    show_grid = st.checkbox("Decoded manifold grid", key="show_manifold", disabled=not enc.is_image,
+                            help="Decode a 15x15 grid of codes z in [-3, 3]^2 and draw the images "
+                                 "under the points (dark on light), each centred on its code: what "
+                                 "the decoder makes of each place in the latent space.")
+    show_contours = st.checkbox("Prior density contours", key="show_contours",
+                                help="Contours of log p(z) = log N(z; 0, I), nats.")
+    return show_grid, show_contours
+
+
+# -- the map -------------------------------------------------------------------------------------
+
+def projected(ckpt: cached.Checkpoint, method: str, n: int) -> explore.Projection:
+    """The test set's codes in the plane; a spinner for the projections that take a while."""
     if method == "PCA":
-        return explore.cached_projection(path, method)
+        return cached.projection(ckpt, method)
     with st.spinner(f"Computing the {method} projection of {n} codes (cached afterwards)..."):
-        return explore.cached_projection(path, method)
+        return cached.projection(ckpt, method)
 
 
-def main() -> None:
-    st.title("Latent map")
-    res = common.trained_run()
-    if res is None:
-        return
-    summary, run = res
-    enc = explore.cached_encoded(summary.path)
-    d = enc.latent_dim
-    st.caption(f"Each point is one test sample x of **{summary.config.data}**, placed at its posterior mean "
-               f"mu(x) = E[z|x] under q(z|x). Latent size d = {d}"
-               + (" (drawn as is)." if d <= 2 else "; projected to the plane.")
-               + " Click a point to see its input, its reconstruction and its ELBO terms.")
-
-    c1, c2, c3 = st.columns([2, 3, 2])
-    with c1:
-        options = explore.color_options(enc)
-        state.seed_widget("color_by", "color", options[0])
-        if st.session_state.get("color_by") not in options:
-            st.session_state["color_by"] = options[0]
-        color_by = st.selectbox("Colour points by", options, key="color_by",
-                                help="A label of the data, a per-sample ELBO term (nats), or one latent coordinate.")
-        state.set("color", color_by)
-    with c2:
-        method = projection_picker(d)
-    with c3:
-        show_grid = show_contours = False
-        if d == 2:
-            show_grid = st.checkbox("Decoded manifold grid", key="show_manifold", disabled=not enc.is_image,
-                                    help="Decode a 15x15 grid of codes z in [-3, 3]^2 and draw the images "
-                                         "under the points (dark on light), each centred on its code: what "
-                                         "the decoder makes of each place in the latent space.")
-            show_contours = st.checkbox("Prior density contours", key="show_contours",
-                                        help="Contours of log p(z) = log N(z; 0, I), nats.")
-
-    proj = projected(summary.path, method, enc.n)
-    values, discrete = explore.color_values(enc, color_by)
-    i = common.selected_index(enc.n)
+def map_figure(page: common.ExplorePage, color_by: str, method: str, show_grid: bool,
+               show_contours: bool) -> go.Figure:
+    """The test set's codes coloured, the selected sample ringed, and the chosen overlays."""
+    proj = projected(page.checkpoint, method, page.enc.n)
+    values, discrete = explore.color_values(page.enc, color_by)
+    i = common.selected_index(page.enc.n)
     background = contours = None
     if show_grid:
-        images = explore.cached_manifold(summary.path, MANIFOLD_N, MANIFOLD_SPAN)
-        background = explore.manifold_background(images, MANIFOLD_N, MANIFOLD_SPAN)
+        images = cached.manifold(page.checkpoint, MANIFOLD_N, MANIFOLD_SPAN)
+        background = pictures.manifold_background(images, MANIFOLD_N, MANIFOLD_SPAN)
     if show_contours:
         contours = explore.prior_density_grid()
-    fig = charts.latent_map(proj.xy, values, color_by, discrete, proj.axis_titles, selected=i,
-                            background=background, contours=contours,
-                            category_names=explore.category_names(color_by))
+    return charts.latent_map(proj.xy, values, color_by, discrete, proj.axis_titles, selected=i,
+                             background=background, contours=contours,
+                             category_names=explore.category_names(color_by))
 
-    left, right = st.columns([3, 2])
-    with left:
-        st.plotly_chart(fig, key="latent_map_chart", on_select=_on_select, selection_mode="points",
-                        config={"scrollZoom": True, "displaylogo": False})
-        st.caption(("Axes: latent coordinates z1, z2. " if d <= 2 else f"Axes: {method} of the {d}-D codes. ")
-                   + ("Colour: " + (f"{color_by} (nats per sample, higher is better)."
-                                    if color_by in ("ELBO", "recon") else
-                                    "KL of q(z|x) to the prior, nats per sample (lower costs less)."
-                                    if color_by == "KL" else f"{color_by}."))
-                   + " Scroll to zoom, drag to pan.")
-    with right:
-        st.subheader("Selected sample")
-        i = common.sample_input(enc.n)
-        recon = explore.cached_reconstructions(summary.path)
-        common.show_sample(enc, i, recon[i])
-        m1, m2, m3 = st.columns(3)
-        m1.metric("recon", f"{enc.recon[i]:.2f}", help="E_q[log p(x|z)], one sample of z, nats")
-        m2.metric("-KL", f"{-enc.kl[i]:.2f}", help="-KL(q(z|x) || p(z)), nats")
-        m3.metric("ELBO", f"{enc.elbo[i]:.2f}", help="recon - KL, nats per sample, higher is better")
-        st.caption("ELBO = recon - KL for this sample, nats (one Monte Carlo draw of z). "
-                   "The ELBO breakdown page adds log p(x) and the gap.")
-        if enc.labels is not None:
-            st.caption(", ".join(f"{n} = {v:g}" for n, v in zip(enc.label_names, enc.labels[i])))
-        st.page_link("views/elbo.py", label="ELBO breakdown of this sample", icon=":material/stacked_bar_chart:")
+
+def map_chart(fig: go.Figure, color_by: str, method: str, d: int) -> None:
+    """The map, clickable, and what its axes and colours mean."""
+    st.plotly_chart(fig, key=CHART_KEY, on_select=_on_select, selection_mode="points",
+                    config={"scrollZoom": True, "displaylogo": False})
+    st.caption(("Axes: latent coordinates z1, z2. " if d <= 2 else f"Axes: {method} of the {d}-D codes. ")
+               + ("Colour: " + (f"{color_by} (nats per sample, higher is better)."
+                                if color_by in ("ELBO", "recon") else
+                                "KL of q(z|x) to the prior, nats per sample (lower costs less)."
+                                if color_by == "KL" else f"{color_by}."))
+               + " Scroll to zoom, drag to pan.")
 
 
 def _on_select() -> None:
-    i = common.point_from_event("latent_map_chart")
+    i = common.point_from_event(CHART_KEY)
     if i is not None:
         state.set("sample", i)
+
+
+# -- the selected sample -------------------------------------------------------------------------
+
+def selected_sample(page: common.ExplorePage) -> None:
+    """Its input and reconstruction, its ELBO terms and its labels."""
+    enc = page.enc
+    st.subheader("Selected sample")
+    i = common.sample_input(enc.n)
+    recon = cached.reconstructions(page.checkpoint)
+    common.show_sample(enc, i, recon[i])
+    m1, m2, m3 = st.columns(3)
+    m1.metric("recon", f"{enc.recon[i]:.2f}", help="E_q[log p(x|z)], one sample of z, nats")
+    m2.metric("-KL", f"{-enc.kl[i]:.2f}", help="-KL(q(z|x) || p(z)), nats")
+    m3.metric("ELBO", f"{enc.elbo[i]:.2f}", help="recon - KL, nats per sample, higher is better")
+    st.caption("ELBO = recon - KL for this sample, nats (one Monte Carlo draw of z). "
+               "The ELBO breakdown page adds log p(x) and the gap.")
+    if enc.labels is not None:
+        st.caption(", ".join(f"{n} = {v:g}" for n, v in zip(enc.label_names, enc.labels[i])))
+    st.page_link("views/elbo.py", label="ELBO breakdown of this sample", icon=":material/stacked_bar_chart:")
 
 
 if __name__ == "__main__":

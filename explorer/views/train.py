@@ -12,21 +12,14 @@ from explorer.services import runs as run_service
 from explorer.services import uploads
 from explorer.views import common
 from trainer import ModelConfig, RunConfig, TrainConfig, TrainerError
-from trainer.data import BUILTINS
+from trainer.data import DATASETS, options_help
 from trainer.likelihoods import LIKELIHOODS
 from trainer.model import ARCHITECTURES
-
-BUILTIN_HELP = {
-    "digits": "8x8 images of handwritten digits (1797), labels 0-9",
-    "shapes": "32x32 sprites: square/ellipse/triangle with scale, rotation, position (10000)",
-    "gmm2d": "2-D points from a mixture of 5 Gaussians (Example 1.2; exact log p(x) known)",
-    "linear-gaussian": "8-D Gaussian data (Examples 1.3-1.6; exact log p(x) known)",
-}
 
 
 def data_choices(root) -> dict[str, str]:
     """Data set choices: spec -> label shown in the form."""
-    out = {b: f"{b}: {BUILTIN_HELP.get(b, 'built-in')}" for b in BUILTINS}
+    out = {name: f"{name}: {builtin.help}" for name, builtin in DATASETS.items()}
     for p in uploads.list_uploads(root):
         out[str(p)] = f"upload: {p.name}"
     return out
@@ -136,8 +129,14 @@ def main() -> None:
     st.caption("Training runs as a separate process (`python -m trainer fit`) that writes into a run folder; "
                "this page follows it. You can leave the page or close the tab: the job keeps going.")
     job_panel(root)
-
     st.subheader("New run")
+    upload_section(root)
+    new_run_form(root)
+    retrain_section(root)
+
+
+def upload_section(root) -> None:
+    """The user's own data: files uploaded here are checked, saved and offered in the form."""
     with st.expander("Use your own data (upload)", expanded=False):
         st.file_uploader("Data file(s)", key="upload_files", accept_multiple_files=True,
                          on_change=_handle_upload, args=(root,),
@@ -148,61 +147,81 @@ def main() -> None:
         if result:
             (st.success if result[0] == "ok" else st.error)(result[1])
 
+
+def new_run_form(root) -> None:
+    """Every setting of a new run and the Train button; a bad setting is a one-line error."""
     choices = data_choices(root)
     if st.session_state.get("train_data") not in choices:
         st.session_state["train_data"] = "digits"
     with st.form("train_form"):
-        c1, c2 = st.columns([3, 2])
-        data = c1.selectbox("Data set", list(choices), key="train_data", format_func=choices.get)
-        options = c2.text_input("Data options", key="train_data_options", placeholder="e.g. k=8,sigma=0.3",
-                                help="Options of a built-in, key=value separated by commas, e.g. gmm2d: "
-                                     "k, sigma, radius, n; linear-gaussian: d, sigma, n; all: test (fraction).")
-        c1, c2, c3, c4 = st.columns(4)
-        arch = c1.selectbox("Architecture", list(ARCHITECTURES), key="train_arch",
-                            help="; ".join(f"{name}: {a.help}" for name, a in ARCHITECTURES.items()) + ".")
-        hidden = c2.text_input("Hidden sizes (mlp)", ",".join(map(str, ModelConfig().hidden)), key="train_hidden",
-                               help="Units per hidden layer of the encoder (the decoder mirrors them). "
-                                    "The default suits digits; MNIST-sized images: e.g. 512,256.")
-        latent_dim = c3.number_input("Latent size d", 1, 256, 2, key="train_latent_dim",
-                                     help="The size of z; d = 2 draws the latent map without projection.")
-        likelihood = c4.selectbox("Likelihood p(x|z)", list(LIKELIHOODS), key="train_likelihood",
-                                  help="; ".join(f"{name}: {lik.help}" for name, lik in LIKELIHOODS.items()) + ".")
-        c1, c2, c3, c4 = st.columns(4)
-        sigma_mode = c1.radio("sigma_dec", ["learned", "fixed"], key="train_sigma_mode", horizontal=True,
-                              help="The decoder's noise scale: learned with the rest, or fixed.")
-        sigma_value = c2.number_input("Fixed sigma_dec", 0.001, 100.0, 0.1, step=0.01, format="%.3f",
-                                      key="train_sigma_value")
-        beta = c3.number_input("beta (KL weight)", 0.0, 100.0, 1.0, step=0.5, key="train_beta",
-                               help="Weight of the KL in the training objective; the reported ELBO always uses 1.")
-        kl_warmup = c4.number_input("KL warm-up epochs", 0, 10000, 0, key="train_kl_warmup",
-                                    help="Epochs over which the KL weight rises from 0 to beta.")
-        c1, c2, c3, c4, c5 = st.columns(5)
-        mc_samples = c1.number_input("MC samples M", 1, 1000, 1, key="train_mc_samples",
-                                     help="Samples of z per x in the reconstruction term (eq 1.31).")
-        epochs = c2.number_input("Epochs", 1, 100000, 100, key="train_epochs")
-        batch_size = c3.number_input("Batch size", 1, 100000, 128, key="train_batch_size")
-        lr = c4.number_input("Learning rate", 0.00001, 1.0, 0.001, step=0.0005, format="%.5f", key="train_lr")
-        seed = c5.number_input("Seed", 0, 2**31 - 1, 0, key="train_seed",
-                               help="Same seed, same data, same settings: the same numbers.")
+        values = {**data_fields(choices), **model_fields(), **training_fields()}
         c1, c2 = st.columns([4, 1])
         name = c1.text_input("Run name", key="train_name", placeholder="automatic, e.g. digits-2d-2",
                              help="The run folder's name: letters, digits, '-', '_' and '.'.")
-        processes = c2.number_input("Processes", 1, max(1, os.cpu_count() or 1), 1, key="train_processes",
-                                    help="Training processes on this machine (torch.distributed): each takes "
-                                         "a share of every batch; the same seed gives the same numbers.")
+        values["processes"] = c2.number_input(
+            "Processes", 1, max(1, os.cpu_count() or 1), 1, key="train_processes",
+            help="Training processes on this machine (torch.distributed): each takes "
+                 "a share of every batch; the same seed gives the same numbers.")
         submitted = st.form_submit_button("Train", type="primary", icon=":material/play_arrow:", key="train_submit")
     if submitted:
         try:
-            cfg = config_from_form(dict(data=data, options=options, arch=arch, hidden=hidden,
-                                        latent_dim=latent_dim, likelihood=likelihood, sigma_mode=sigma_mode,
-                                        sigma_value=sigma_value, beta=beta, kl_warmup=kl_warmup,
-                                        mc_samples=mc_samples, epochs=epochs, batch_size=batch_size, lr=lr,
-                                        seed=seed, processes=processes))
+            cfg = config_from_form(values)
         except TrainerError as e:
             st.error(f"Check the settings: {e}")
         else:
             launch(root, name, cfg)
 
+
+def data_fields(choices: dict[str, str]) -> dict:
+    c1, c2 = st.columns([3, 2])
+    data = c1.selectbox("Data set", list(choices), key="train_data", format_func=choices.get)
+    options = c2.text_input("Data options", key="train_data_options", placeholder="e.g. k=8,sigma=0.3",
+                            help=f"Options of a built-in, key=value separated by commas: {options_help()}.")
+    return dict(data=data, options=options)
+
+
+def model_fields() -> dict:
+    """Architecture, hidden sizes, latent size and likelihood (from the registries); sigma_dec, beta
+    and the KL warm-up on the row below."""
+    c1, c2, c3, c4 = st.columns(4)
+    v = dict(
+        arch=c1.selectbox("Architecture", list(ARCHITECTURES), key="train_arch",
+                          help="; ".join(f"{name}: {a.help}" for name, a in ARCHITECTURES.items()) + "."),
+        hidden=c2.text_input("Hidden sizes (mlp)", ",".join(map(str, ModelConfig().hidden)), key="train_hidden",
+                             help="Units per hidden layer of the encoder (the decoder mirrors them). "
+                                  "The default suits digits; MNIST-sized images: e.g. 512,256."),
+        latent_dim=c3.number_input("Latent size d", 1, 256, 2, key="train_latent_dim",
+                                   help="The size of z; d = 2 draws the latent map without projection."),
+        likelihood=c4.selectbox("Likelihood p(x|z)", list(LIKELIHOODS), key="train_likelihood",
+                                help="; ".join(f"{name}: {lik.help}" for name, lik in LIKELIHOODS.items()) + "."),
+    )
+    c1, c2, c3, c4 = st.columns(4)
+    v["sigma_mode"] = c1.radio("sigma_dec", ["learned", "fixed"], key="train_sigma_mode", horizontal=True,
+                               help="The decoder's noise scale: learned with the rest, or fixed.")
+    v["sigma_value"] = c2.number_input("Fixed sigma_dec", 0.001, 100.0, 0.1, step=0.01, format="%.3f",
+                                       key="train_sigma_value")
+    v["beta"] = c3.number_input("beta (KL weight)", 0.0, 100.0, 1.0, step=0.5, key="train_beta",
+                                help="Weight of the KL in the training objective; the reported ELBO always uses 1.")
+    v["kl_warmup"] = c4.number_input("KL warm-up epochs", 0, 10000, 0, key="train_kl_warmup",
+                                     help="Epochs over which the KL weight rises from 0 to beta.")
+    return v
+
+
+def training_fields() -> dict:
+    c1, c2, c3, c4, c5 = st.columns(5)
+    return dict(
+        mc_samples=c1.number_input("MC samples M", 1, 1000, 1, key="train_mc_samples",
+                                   help="Samples of z per x in the reconstruction term (eq 1.31)."),
+        epochs=c2.number_input("Epochs", 1, 100000, 100, key="train_epochs"),
+        batch_size=c3.number_input("Batch size", 1, 100000, 128, key="train_batch_size"),
+        lr=c4.number_input("Learning rate", 0.00001, 1.0, 0.001, step=0.0005, format="%.5f", key="train_lr"),
+        seed=c5.number_input("Seed", 0, 2**31 - 1, 0, key="train_seed",
+                             help="Same seed, same data, same settings: the same numbers."),
+    )
+
+
+def retrain_section(root) -> None:
+    """Retrain the active run with its own settings, with the same or a new seed."""
     st.subheader("Retrain the active run")
     active = common.active_summary()
     if active is None or active.config is None:

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from trainer import RunConfig, fit, runs
+from trainer import RunConfig, checkpoints, fit
 
 # digits: 1,438 training samples; 125 per batch leaves a last batch of 63, which two
 # processes split unevenly (32 + 31)
@@ -62,7 +62,7 @@ def run_trainer(*args, timeout: float = 300, **env: str) -> Proc:
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     """A run's weights, checked and loaded by the trainer's own loader (nothing unpickled)."""
-    return runs.load_model(run_dir).state_dict()
+    return checkpoints.load_model(run_dir).state_dict()
 
 
 def assert_weights_close(a: dict, b: dict, atol: float = 1e-5) -> float:
@@ -89,9 +89,9 @@ def one_process_run(tmp_path_factory) -> Path:
 def digits_npy(tmp_path_factory) -> Path:
     """The built-in digits, values and layout as the trainer loads them (float32, (N, 1, 8, 8)),
     saved as a .npy: trained from it, a run sees exactly the built-in data set's numbers."""
-    from trainer.data import _digits
+    from trainer.data import DATASETS
 
-    x = _digits({}, "digits")[0]  # (1797, 1, 8, 8) float32 in [0, 1], before the train/test split
+    x = DATASETS["digits"].load("digits").x  # (1797, 1, 8, 8) float32 in [0, 1], before the train/test split
     path = tmp_path_factory.mktemp("npy") / "digits.npy"
     np.save(path, x)
     return path

@@ -19,7 +19,7 @@ import torch
 from tests.conftest import ROOT
 from tests.distributed.conftest import (FIT_ARGS, assert_weights_close, reference_config, run_trainer,
                                         trainer_cmd, trainer_env, weights)
-from trainer import load_dataset, load_run, runs
+from trainer import checkpoints, load_dataset, load_run, runs
 from trainer.config import RunConfig
 
 pytestmark = pytest.mark.slow
@@ -67,7 +67,7 @@ def test_two_processes_train_the_weights_of_one(one_process_run, tmp_path):
     assert RunConfig.from_dict(json.loads((out / "config.json").read_text())).train.world_size == 2
     # only rank 0 wrote: the same files as one process, and the status names it
     assert sorted(f.name for f in out.iterdir()) == sorted(f.name for f in one_process_run.iterdir())
-    status = runs.read_status(out)
+    status = runs.read_status_dead_as_failed(out)
     assert status["state"] == "done" and status["epoch"] == 2
 
 
@@ -78,10 +78,10 @@ def test_resume_with_two_processes_from_a_memory_mapped_file(one_process_run, di
     args = [a if a != "digits" else f"{digits_npy}:mmap=1" for a in FIT_ARGS]
     first = run_trainer("fit", *args, "--epochs", "1", "--out", out, "--nproc", "2")
     assert first.code == 0, first.stderr
-    assert runs.read_train_state(out)["epoch"] == 1
+    assert checkpoints.read_train_state(out)["epoch"] == 1
     second = run_trainer("fit", *args, "--epochs", "2", "--out", out, "--nproc", "2", "--resume")
     assert second.code == 0, second.stderr
-    assert runs.read_train_state(out)["epoch"] == 2
+    assert checkpoints.read_train_state(out)["epoch"] == 2
     # the same numbers as the built-in digits in one process, uninterrupted
     assert_weights_close(weights(out), weights(one_process_run), atol=1e-5)
     assert_rows_close(runs.read_metrics(out), runs.read_metrics(one_process_run))
@@ -107,7 +107,7 @@ def test_sigterm_to_rank_0_cancels_every_rank_with_a_valid_checkpoint(tmp_path):
                             text=True, start_new_session=True)
     try:
         _wait_for(lambda: runs.read_metrics(out), 240, "the first epoch")
-        rank0 = runs.read_status(out)["pid"]
+        rank0 = runs.read_status_dead_as_failed(out)["pid"]
         assert rank0 != proc.pid  # the worker, not the launcher
         os.kill(rank0, signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
@@ -117,9 +117,9 @@ def test_sigterm_to_rank_0_cancels_every_rank_with_a_valid_checkpoint(tmp_path):
             proc.wait()
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    status = runs.read_status(out)
+    status = runs.read_status_dead_as_failed(out)
     assert status["state"] == "cancelled", status
-    epoch = runs.read_train_state(out)["epoch"]
+    epoch = checkpoints.read_train_state(out)["epoch"]
     assert epoch >= 1 and len(runs.read_metrics(out)) == epoch
     load_run(out)  # the checkpoint is whole
 
@@ -131,7 +131,7 @@ def test_a_non_finite_loss_stops_every_rank(tmp_path):
     assert "Traceback" not in p.stderr
     errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
     assert errors and all("non-finite" in line for line in errors), p.stderr
-    status = runs.read_status(out)
+    status = runs.read_status_dead_as_failed(out)
     assert status["state"] == "failed" and "non-finite" in status["message"]
 
 

@@ -234,7 +234,7 @@ def test_two_processes_train_from_a_lazy_folder(gray_folder, in_memory_run, tmp_
     p = run_trainer("fit", "--data", f"{gray_folder}:mmap=1", *FOLDER_ARGS, "--out", out, "--nproc", "2")
     assert p.code == 0, p.stderr
     assert json.loads((out / "config.json").read_text())["train"]["world_size"] == 2
-    assert runs.read_status(out)["state"] == "done"
+    assert runs.read_status_dead_as_failed(out)["state"] == "done"
     assert_weights_close(weights(out), weights(in_memory_run), atol=1e-5)
     for a, b in zip(runs.read_metrics(out), runs.read_metrics(in_memory_run), strict=True):
         for k in ("train_elbo", "test_elbo", "sigma_dec"):

@@ -166,3 +166,18 @@ def test_bad_settings_are_a_one_line_error(make_app, tmp_path):
     assert len(at.error) == 1 and "hidden sizes" in at.error[0].value
     assert not (tmp_path / "runs").exists() or not any(p.is_dir() and p.name != "uploads"
                                                        for p in (tmp_path / "runs").iterdir())
+
+
+def test_the_train_form_offers_what_the_registries_hold(make_app, tmp_path):
+    """The form's choices are the trainer's registries: a likelihood, an architecture or a
+    built-in data set added there shows here with no change to the app."""
+    from trainer.data import DATASETS
+    from trainer.likelihoods import LIKELIHOODS
+    from trainer.model import ARCHITECTURES
+
+    at = make_app(tmp_path / "runs", view="train").run()
+    assert not at.exception
+    assert at.selectbox(key="train_likelihood").options == list(LIKELIHOODS)
+    assert "continuous-bernoulli" in at.selectbox(key="train_likelihood").options
+    assert at.selectbox(key="train_arch").options == list(ARCHITECTURES)
+    assert at.selectbox(key="train_data").options[:len(DATASETS)] == [f"{n}: {b.help}" for n, b in DATASETS.items()]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import signal
+import sys
 import time
 
 import pytest
 
 from explorer.services import jobs
-from trainer import RunConfig, TrainerError
+from trainer import ModelConfig, RunConfig, TrainConfig, TrainerError
 from trainer.runs import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -31,14 +34,72 @@ def wait_for(predicate, timeout: float = 90.0) -> bool:
     return False
 
 
-def test_fit_command_is_what_the_trainer_parses():
+def every_field_changed() -> RunConfig:
+    """A config in which every field differs from RunConfig's default (checked)."""
+    cfg = RunConfig(data="gmm2d:n=300,k=3",
+                    model=ModelConfig(arch="conv", hidden=[16, 8], latent_dim=3, likelihood="bernoulli",
+                                      sigma_dec=0.25, conv_channels=[4, 8]),
+                    train=TrainConfig(epochs=7, batch_size=32, lr=3e-4, beta=4.0, kl_warmup=2, mc_samples=3,
+                                      seed=11, device="cpu", threads=2, world_size=2),
+                    data_shape=[2], versions={"torch": "0"})
+    default = RunConfig()
+    for section in ("model", "train"):
+        for f in dataclasses.fields(getattr(cfg, section)):
+            assert getattr(getattr(cfg, section), f.name) != getattr(getattr(default, section), f.name), f.name
+    assert [f.name for f in dataclasses.fields(RunConfig)] == ["data", "model", "train", "data_shape", "versions"]
+    return cfg
+
+
+def test_fit_command_is_what_the_trainer_parses(tmp_path):
+    """The job's command carries every setting, also those no flag sets (conv_channels):
+    the trainer resolves it (--config, the flags) to the job's config exactly, its threads
+    shared out among its processes, and only the informational fields left for the run."""
+    from trainer.__main__ import build_parser, fit_config, fit_processes
+
+    cfg = every_field_changed()
+    assert jobs.write_job_config(tmp_path, cfg) == tmp_path / jobs.JOB_CONFIG_FILE
+    command = jobs.fit_command(cfg, tmp_path, threads=4)
+    assert command[:4] == [sys.executable, "-m", "trainer", "fit"] and "--config" in command
+    a = build_parser().parse_args(command[3:])
+    resolved = fit_config(a)
+    assert resolved.to_dict() == {**cfg.to_dict(), "data_shape": [], "versions": {}}  # threads 4 / 2 processes
+    assert fit_processes(a, resolved) == 2 and (a.nproc, a.threads, a.quiet) == (2, 2, True)
+
+
+def test_resume_command_carries_no_settings(tmp_path):
+    """A resumed job's settings are its config.json's: the command names only the folder,
+    this machine's device and threads, and a new learning rate when one is given."""
     from trainer.__main__ import build_parser
 
-    cfg = tiny(7)
-    cfg.model.sigma_dec, cfg.train.beta, cfg.train.lr, cfg.train.kl_warmup = 0.25, 4.0, 3e-4, 2
-    a = build_parser().parse_args(jobs.fit_command(cfg, "/tmp/x", threads=1)[3:])
-    assert (a.data, a.hidden, a.latent_dim, a.sigma_dec, a.beta, a.lr, a.kl_warmup, a.epochs, a.threads) == \
-        ("gmm2d:n=300", [16], 2, 0.25, 4.0, 3e-4, 2, 7, 1)
+    cfg = every_field_changed()
+    for lr in (None, 1e-4):
+        a = build_parser().parse_args(jobs.resume_command(cfg, tmp_path, threads=4, lr=lr)[3:])
+        assert (a.resume, a.out, a.config, a.nproc, a.device, a.threads, a.lr) == \
+            (True, str(tmp_path), None, 2, "cpu", 2, lr)
+        assert all(getattr(a, flag) is None for flag in ("data", "arch", "hidden", "latent_dim", "likelihood",
+                                                         "sigma_dec", "beta", "kl_warmup", "mc_samples", "epochs",
+                                                         "batch_size", "seed"))
+
+
+def test_a_job_trains_exactly_the_settings_it_was_given(tmp_path):
+    """A real job with every setting a one-process CPU job can change: the run's config.json
+    holds them all, the informational fields filled in by the trainer."""
+    cfg = RunConfig(data="digits",
+                    model=ModelConfig(arch="linear", hidden=[8], latent_dim=3, likelihood="bernoulli",
+                                      sigma_dec=0.5, conv_channels=[4]),
+                    train=TrainConfig(epochs=2, batch_size=64, lr=2e-3, beta=0.5, kl_warmup=1, mc_samples=2,
+                                      seed=3, device="cpu", threads=1))
+    run_dir = jobs.start(tmp_path, "every-setting", cfg, threads=1)
+    assert json.loads((run_dir / jobs.JOB_CONFIG_FILE).read_text()) == cfg.to_dict()
+    assert wait_for(lambda: jobs.job_state(run_dir).state in ("done", "failed"))
+    assert jobs.job_state(run_dir).state == "done", jobs.job_state(run_dir).message
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["data_shape"] == [1, 8, 8] and saved["versions"]["threads"] == "1"
+    assert {**saved, "data_shape": [], "versions": {}} == cfg.to_dict()
+    assert [r["epoch"] for r in read_metrics(run_dir)] == [1, 2]
+    from explorer.services.runs import list_runs  # the settings file is no run and hides none
+
+    assert [(s.name, s.state) for s in list_runs(tmp_path)] == [("every-setting", "done")]
 
 
 def test_a_job_runs_to_done_in_its_own_process(tmp_path):

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as hst
 
-from explorer.services import explore, uploads
+from explorer.services import cached, explore, pictures, uploads
 from explorer.services import runs as run_service
 from trainer import TrainerError, load_run
 from trainer.runs import read_metrics
@@ -168,9 +168,8 @@ def test_sample_breakdown_is_consistent(run, enc):
 
 
 def test_active_dims_and_png(enc):
-    mu = np.c_[np.random.default_rng(0).normal(size=100), np.full(100, 0.3)]
-    assert explore.active_dims(mu).tolist() == [True, False]
-    png = explore.png(enc.x[:4], ncols=4, size=32)
+    assert enc.active_dims.tolist() == (enc.mu.var(0, ddof=1) > 0.01).tolist()  # the trainer's rule
+    png = pictures.png(enc.x[:4], ncols=4, size=32)
     from PIL import Image
 
     im = Image.open(io.BytesIO(png))
@@ -201,6 +200,25 @@ def test_open_run_is_cached_per_checkpoint(scratch_runs):
     st = os.stat(path / "model.safetensors")
     os.utime(path / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert run_service.open_run(path) is not r1  # a new checkpoint: loaded again
+
+
+def test_cached_results_are_per_checkpoint(scratch_runs, monkeypatch):
+    import os
+
+    encodings = []
+    monkeypatch.setattr(explore, "encode_test", lambda run: encodings.append(run) or explore.Encoded(
+        *[np.zeros((3, 2))] * 7, labels=None, label_names=[], is_image=False, active_dims=np.zeros(2, bool)))
+    path = scratch_runs / "digits-2d"
+    ckpt = cached.checkpoint(path)
+    assert ckpt == cached.checkpoint(path) and ckpt.path == str(path.resolve())
+    assert cached.reconstructions(ckpt).shape[0] == 3  # decoded from encoded(ckpt)
+    assert isinstance(cached.encoded(ckpt), explore.Encoded) and len(encodings) == 1  # one entry, per function
+    st = os.stat(path / "model.safetensors")
+    os.utime(path / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    newer = cached.checkpoint(path)
+    assert newer != ckpt
+    cached.encoded(newer)
+    assert len(encodings) == 2  # a new checkpoint is computed again, never served the old one's
 
 
 def test_delete_run(scratch_runs):
@@ -282,7 +300,7 @@ def test_typical_log_density_band_matches_prior_samples():
 def test_manifold_background_centres_tiles_on_their_codes():
     images = np.zeros((9, 1, 4, 4), np.float32)
     images[4] = 1.0  # the centre tile (z = 0) is all ink
-    grid, half = explore.manifold_background(images, n=3, span=2.0, scale=2)
+    grid, half = pictures.manifold_background(images, n=3, span=2.0, scale=2)
     assert grid.shape == (2 * (3 * 5 + 1), 2 * (3 * 5 + 1)) and grid.dtype == np.uint8
     assert half == pytest.approx(3.0)  # tiles 2 apart, so the picture reaches 1 beyond +-2
     c = grid.shape[0] // 2

@@ -149,7 +149,8 @@ def test_every_single_bit_flip_in_the_header_is_refused_cleanly(runs_dir):
     """Three bit flips of every header byte (bit 0: '2' -> '3', '{' -> 'z'; bit 5: letter case;
     bit 7: invalid UTF-8), read by the checkpoint loader against the run's architecture: a
     TrainerError each time, never another exception. Every 50th goes through load_run."""
-    from trainer.runs import _skeleton, load_config, load_safetensors
+    from trainer.checkpoints import _skeleton, load_safetensors
+    from trainer.runs import load_config
 
     bad = runs_dir / "bad"
     original = (bad / MODEL).read_bytes()
@@ -321,7 +322,8 @@ def test_garbage_lines_are_skipped(runs_dir):
 
 def test_append_after_a_cut_off_line_starts_a_fresh_line(tmp_path):
     """A crash that cut the last line must not swallow the next row appended."""
-    from trainer.runs import append_jsonl, read_metrics
+    from trainer.fileio import append_jsonl
+    from trainer.runs import read_metrics
 
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2, "test_el')
     append_jsonl(tmp_path / "metrics.jsonl", {"epoch": 2})

@@ -15,9 +15,10 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from trainer import RunConfig, TrainerError
+from trainer import checkpoints
 from trainer import runs as runs_mod
 from trainer.data import BUILTINS, Dataset, load_dataset, parse_spec
-from trainer.safety import check_run_name, safe_run_path
+from trainer.run_names import check_run_name, safe_run_path
 
 # Derandomized: the same examples on every run and every machine (a CI failure reproduces).
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
@@ -129,7 +130,7 @@ def _check_config(d) -> None:
     assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # round trip
     if cfg.data_shape:  # the architecture is rebuilt on the meta device: no memory, whatever the sizes
         try:
-            runs_mod._skeleton(cfg)
+            checkpoints._skeleton(cfg)
             event("model built")
         except TrainerError as e:
             assert "\n" not in str(e)
@@ -201,13 +202,13 @@ def test_safetensors_loader_on_arbitrary_bytes(data):
     expected = {"a": ((2, 3), torch.float32), "b": ((4,), torch.float32)}
     for exp in (None, expected):
         try:
-            tensors = runs_mod.load_safetensors(path, "model.safetensors", exp)
+            tensors = checkpoints.load_safetensors(path, "model.safetensors", exp)
         except TrainerError as e:
             assert "\n" not in str(e)
             continue
         assert all(isinstance(t, torch.Tensor) for t in tensors.values())
-    runs_mod.safetensors_metadata(path)
-    runs_mod._saved_at(path)
+    checkpoints.safetensors_metadata(path)
+    checkpoints._saved_at(path)
 
 
 @FUZZ
@@ -216,11 +217,11 @@ def test_status_metrics_and_train_state_readers_on_arbitrary_bytes(data):
     run = Path(_RUN)
     for name in ("status.json", "metrics.jsonl", "train_state.json"):
         (run / name).write_bytes(data)
-    status = runs_mod.read_status(run)
+    status = runs_mod.read_status_dead_as_failed(run)
     assert status is None or (isinstance(status, dict) and status["state"] in runs_mod.STATES)
     assert all(isinstance(r, dict) for r in runs_mod.read_metrics(run))
     try:
-        ts = runs_mod.read_train_state(run)
+        ts = checkpoints.read_train_state(run)
     except TrainerError:
         return
     assert isinstance(ts["epoch"], int) and isinstance(ts["step"], int)
@@ -285,7 +286,7 @@ def uploads(draw) -> tuple[str, bytes]:
 @FUZZ
 @given(uploads())
 def test_upload_validator_on_arbitrary_files(upload):
-    from trainer.safety import UploadLimits, check_upload
+    from explorer.services.upload_checks import UploadLimits, check_upload
 
     name, data = upload
     try:

@@ -1,6 +1,6 @@
-"""One liveness check: trainer.runs.process_alive, and its torch-free twin in the queue
-(explorer.services.job_slot.alive, which a waiting job runs without importing the trainer)
-answer alike, zombies counting as finished."""
+"""One liveness check: trainer.liveness.process_alive, zombies counting as finished. The
+training queue (explorer.services.job_slot, which a waiting job runs) uses that very
+function, and importing the queue does not import torch."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from explorer.services import job_slot
 from tests.conftest import ROOT
-from trainer.runs import process_alive
+from trainer.liveness import process_alive
 
 
 def _state(pid: int) -> str | None:
@@ -22,7 +22,7 @@ def _state(pid: int) -> str | None:
         return None
 
 
-def test_both_checks_answer_alike():
+def test_the_check_and_the_queues_check_answer_alike():
     exited = subprocess.Popen([sys.executable, "-c", "pass"])
     exited.wait()  # reaped: the pid is gone
     zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # exits, never reaped until the end
@@ -35,14 +35,28 @@ def test_both_checks_answer_alike():
                  (-5, False), (2**70, False), (True, False), ("123", False), (None, False), (12.0, False)]
         for pid, expected in cases:  # a list: True and 1 are one dict key
             assert process_alive(pid) is expected, pid
-            assert job_slot.alive(pid) is expected, pid
+        assert job_slot.process_alive is process_alive  # the queue has no copy of its own
     finally:
         zombie.wait()
 
 
-def test_the_queue_does_not_import_the_trainer():
-    code = "import sys, explorer.services.job_slot; print('torch' in sys.modules, 'trainer' in sys.modules)"
+def test_the_queue_does_not_import_torch():
+    # The queue imports trainer.liveness (and so the trainer package, whose names are
+    # imported lazily): what a waiting job must not pay for is torch (seconds and some 200 MB).
+    code = "import sys, explorer.services.job_slot; print('torch' in sys.modules, 'trainer.api' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
                          check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_the_trainer_package_imports_torch_only_for_what_needs_it():
+    """`import trainer` and its torch-free modules load no torch; `from trainer import fit`
+    (PEP 562: the package's names are imported on first use) still gives the real thing."""
+    code = ("import sys, trainer, trainer.liveness, trainer.fileio, trainer.run_names; print('torch' in sys.modules); "
+            "from trainer import RunConfig, fit; import trainer.api; "
+            "print('torch' in sys.modules, fit is trainer.api.fit, RunConfig.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True", "True", "trainer.config"]

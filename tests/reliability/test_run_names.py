@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from trainer import RunConfig, TrainerError, fit
-from trainer.safety import check_run_name, safe_run_path
+from trainer.run_names import check_run_name, safe_run_path
 
 from .conftest import assert_one_line_error, cli
 

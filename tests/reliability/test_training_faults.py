@@ -19,8 +19,10 @@ import pytest
 import torch
 
 from trainer import RunConfig, TrainerError, fit, load_run
+from trainer import checkpoints
 from trainer import runs as runs_mod
-from trainer.runs import read_status, read_status_raw
+from trainer.liveness import proc_stat, process_start
+from trainer.runs import read_status_dead_as_failed, read_status_raw
 from trainer.train import NonFiniteLoss
 
 from .conftest import ROOT, assert_one_line_error, cli, trainer_env
@@ -36,12 +38,15 @@ def _rows(d: Path) -> list[dict]:
     return runs_mod.read_metrics(d)
 
 
-SLOW_DATA = "digits:test=0.75"  # 449 training images
+SLOW_DATA = "gmm2d:n=5000"  # 4,000 training points
 
 
 def _start_slow_fit(out: Path, epochs: int = 3) -> subprocess.Popen:
-    """A real `python -m trainer fit` with one sample per step (an epoch is 449 steps, a
-    second or more), so that a signal can land in the middle of an epoch."""
+    """A real `python -m trainer fit` with one sample per step, so that a signal can land in
+    the middle of an epoch. An epoch is 4,000 steps, 2.5 s or more on a quiet 2-core machine,
+    so that the heartbeat (at most once a second) reports the middle of epoch 2: with the
+    449 steps of digits:test=0.75 an epoch took 0.3 s there and the trainer could finish
+    between two heartbeats."""
     cmd = [sys.executable, "-m", "trainer", "fit", "--data", SLOW_DATA, "--hidden", "32",
            "--batch-size", "1", "--epochs", str(epochs), "--threads", "1", "--quiet", "--out", str(out)]
     return subprocess.Popen(cmd, cwd=ROOT, env=trainer_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -85,7 +90,7 @@ def test_kill_9_mid_epoch_keeps_the_last_checkpoint_and_can_resume(tmp_path):
     saved_rows = _rows(out)
     epoch = len(saved_rows)
     assert epoch >= 1
-    status = read_status(out)
+    status = read_status_dead_as_failed(out)
     assert status["state"] == "failed", status  # at once: the pid is dead, no need to wait for the heartbeat
     assert "stopped without finishing" in status["message"] and "resume" in status["message"]
     run = load_run(out)  # the last completed epoch's checkpoint, intact
@@ -97,7 +102,7 @@ def test_kill_9_mid_epoch_keeps_the_last_checkpoint_and_can_resume(tmp_path):
     rows = _rows(out)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[:epoch] == saved_rows, "resume must keep the rows of the saved epochs"
-    assert read_status(out)["state"] == "done"
+    assert read_status_dead_as_failed(out)["state"] == "done"
     load_run(out)
 
 
@@ -112,7 +117,7 @@ def test_sigterm_mid_epoch_cancels_with_a_valid_checkpoint(tmp_path):
         proc.kill()
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
-    status = read_status(out)
+    status = read_status_dead_as_failed(out)
     assert status["state"] == "cancelled", status
     epoch = len(_rows(out))
     assert status["epoch"] == epoch >= 1
@@ -129,7 +134,7 @@ def test_huge_learning_rate_fails_with_a_message_and_keeps_the_checkpoint(tmp_pa
     r = cli(capsys, "fit", "--data", "digits", "--hidden", "32", "--lr", "1e10", "--epochs", "3",
             "--threads", "1", "--quiet", "--out", out)
     assert_one_line_error(r, "non-finite", "lower the learning rate", "last good checkpoint is kept", code=1)
-    status = read_status(out)
+    status = read_status_dead_as_failed(out)
     assert status["state"] == "failed" and "non-finite" in status["message"]
     run = load_run(out)  # the checkpoint saved before the first step
     assert run.metrics == []
@@ -145,7 +150,7 @@ def test_weights_blown_up_by_the_last_step_of_an_epoch_are_never_saved(tmp_path)
     cfg.train.lr = 1e39
     with pytest.raises(NonFiniteLoss, match="non-finite|NaN or infinite"):
         fit(cfg, out)
-    assert read_status(out)["state"] == "failed"
+    assert read_status_dead_as_failed(out)["state"] == "failed"
     run = load_run(out)
     assert run.metrics == []
     assert json.loads((out / "train_state.json").read_text())["epoch"] == 0
@@ -158,7 +163,8 @@ def test_a_diverged_run_resumes_at_a_lower_learning_rate(runs_dir, capsys):
     out = runs_dir / "bad"
     args = ["fit", "--data", "digits", "--hidden", "32", "--threads", "1", "--quiet", "--out", str(out), "--resume"]
     assert cli(capsys, *args, "--epochs", "4", "--lr", "1e10").code == 1  # diverges: failed, kept
-    assert read_status(out)["state"] == "failed" and "lower the learning rate" in read_status(out)["message"]
+    status = read_status_dead_as_failed(out)
+    assert status["state"] == "failed" and "lower the learning rate" in status["message"]
     assert len(load_run(out).metrics) == 2
     before = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file() and f.name != ".lock"}
     assert_one_line_error(cli(capsys, *args, "--epochs", "4", "--lr", "-1"), "lr")
@@ -167,7 +173,7 @@ def test_a_diverged_run_resumes_at_a_lower_learning_rate(runs_dir, capsys):
     result = cli(capsys, *args, "--epochs", "4", "--lr", "3e-4")
     assert result.code == 0, result.stderr
     run = load_run(out)
-    assert read_status(out)["state"] == "done" and [r["epoch"] for r in run.metrics] == [1, 2, 3, 4]
+    assert read_status_dead_as_failed(out)["state"] == "done" and [r["epoch"] for r in run.metrics] == [1, 2, 3, 4]
     assert all(torch.isfinite(torch.tensor(r["test_elbo"])) for r in run.metrics)
     assert run.config.train.lr == 3e-4
     assert cli(capsys, *args, "--epochs", "5").code == 0
@@ -188,7 +194,7 @@ def test_divergence_after_training_keeps_the_trained_checkpoint(runs_dir):
         fit(cfg, out, resume=True)
     assert _files(out) == before
     assert _rows(out) == rows
-    status = read_status(out)
+    status = read_status_dead_as_failed(out)
     assert status["state"] == "failed" and "lower the learning rate" in status["message"]
     assert len(load_run(out).metrics) == 2
 
@@ -255,13 +261,13 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(where, tmp_path, 
 
     load_run(out)
     if where == "rename-optim":  # the weights of epoch 2 were written before the fault
-        assert runs_mod.read_train_state(out)["epoch"] == 2
+        assert checkpoints.read_train_state(out)["epoch"] == 2
     else:  # the epoch-1 checkpoint, byte for byte
         assert (out / "model.safetensors").read_bytes() == snapshot["model.safetensors"]
-        assert runs_mod.read_train_state(out)["epoch"] == 1
+        assert checkpoints.read_train_state(out)["epoch"] == 1
     assert not list(out.glob(".*.tmp")), "a temp file was left behind"
     if where != "all-writes":  # status.json could be written: it says what happened
-        status = read_status(out)
+        status = read_status_dead_as_failed(out)
         assert status["state"] == "failed" and "No space left on device" in status["message"]
     assert fit(_tiny_cfg(), out, resume=True) == "done"
     assert [r["epoch"] for r in _rows(out)] == [1, 2, 3]
@@ -331,7 +337,7 @@ def test_a_crash_between_the_files_of_a_save_leaves_a_resumable_run(crash_at, ru
     monkeypatch.undo()
     assert read_status_raw(out)["state"] == "failed"  # said by the process on its way down
     load_run(out)
-    assert runs_mod.read_train_state(out)["epoch"] == (2 if crash_at <= 2 else 3)
+    assert checkpoints.read_train_state(out)["epoch"] == (2 if crash_at <= 2 else 3)
 
     assert fit(_tiny_cfg(epochs=4), out, resume=True) == "done"
     assert [r["epoch"] for r in _rows(out)] == [1, 2, 3, 4]
@@ -355,7 +361,7 @@ def test_a_running_status_is_believed_only_while_its_process_lives(tmp_path):
     import socket
 
     me, host, now = os.getpid(), socket.gethostname(), time.time()
-    start = runs_mod._process_start(me)
+    start = process_start(me)
     cases = {
         "alive": (dict(pid=me, pid_start=start, host=host, heartbeat=now), "running"),
         "heartbeat stale": (dict(pid=me, pid_start=start, host=host, heartbeat=now - 1000), "failed"),
@@ -366,7 +372,7 @@ def test_a_running_status_is_believed_only_while_its_process_lives(tmp_path):
     }
     for name, (fields, expected) in cases.items():
         _status(tmp_path / "case", **fields)
-        status = read_status(tmp_path / "case")
+        status = read_status_dead_as_failed(tmp_path / "case")
         assert status["state"] == expected, (name, status)
         if expected == "failed":
             assert "resume" in status["message"], status
@@ -374,10 +380,10 @@ def test_a_running_status_is_believed_only_while_its_process_lives(tmp_path):
     # a process that exited but was never reaped (a zombie) is dead, and so is a reaped one
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     deadline = time.monotonic() + 60
-    while runs_mod._proc_stat(child.pid)[0] != "Z" and time.monotonic() < deadline:
+    while proc_stat(child.pid)[0] != "Z" and time.monotonic() < deadline:
         time.sleep(0.05)
-    _status(tmp_path / "zombie", pid=child.pid, pid_start=runs_mod._process_start(child.pid), host=host,
+    _status(tmp_path / "zombie", pid=child.pid, pid_start=process_start(child.pid), host=host,
             heartbeat=time.time())
-    assert read_status(tmp_path / "zombie")["state"] == "failed"
+    assert read_status_dead_as_failed(tmp_path / "zombie")["state"] == "failed"
     child.wait()
-    assert read_status(tmp_path / "zombie")["state"] == "failed"
+    assert read_status_dead_as_failed(tmp_path / "zombie")["state"] == "failed"

@@ -1,5 +1,5 @@
 """Uploads through the app's upload path (explorer.services.uploads.save_upload), checked
-on the server by content (trainer.safety): wrong content behind a right extension, zip
+on the server by content (explorer.services.upload_checks): wrong content behind a right extension, zip
 bombs (by unpacked size and by file count), archives with escaping paths or links, CSVs
 that are ragged, textual, NaN or absurdly wide, empty files and files over the size limit.
 Each is refused with a one-line message; nothing is kept in the uploads folder, nothing is
@@ -21,8 +21,9 @@ import pytest
 from PIL import Image
 
 from explorer.services import uploads
+from explorer.services.upload_checks import UploadLimits, check_upload
 from trainer import TrainerError
-from trainer.safety import UploadLimits, check_upload, sniff
+from trainer.formats import sniff
 
 from .conftest import MakesMarker, assert_pickle_would_touch
 
@@ -214,7 +215,7 @@ def test_too_many_images_at_once(tmp_path):
     tiny = png_bytes(0, (2, 2))
     limits = UploadLimits(max_files=10)
     with pytest.raises(TrainerError, match="11 files were uploaded, more than the limit of 10"):
-        from trainer.safety import validate_upload
+        from explorer.services.upload_checks import validate_upload
         validate_upload([(f"{i}.png", tiny) for i in range(11)], limits)
 
 

@@ -287,6 +287,113 @@ def json_lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+# -- fit --config: a run's settings from a file --------------------------------------------------
+
+TIMINGS = ("wall_time", "epoch_time_s", "samples_per_s")  # the only fields of a metrics row that may differ
+DIGITS_SETTINGS = ("--data", "digits", "--hidden", "16", "--latent-dim", "3", "--beta", "0.5", "--kl-warmup", "1",
+                   "--mc-samples", "2", "--batch-size", "64", "--lr", "2e-3", "--seed", "5", "--epochs", "3")
+
+
+def _numbers(run):
+    return [{k: v for k, v in row.items() if k not in TIMINGS} for row in json_lines(run / "metrics.jsonl")]
+
+
+def _weights(run):
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 3-epoch digits run with non-default settings, trained by the command line."""
+    from trainer.__main__ import main
+
+    out = tmp_path_factory.mktemp("config") / "first"
+    assert main(["fit", "--out", str(out), *DIGITS_SETTINGS, "--threads", "1", "--quiet"]) == 0
+    return out
+
+
+def test_fit_config_reproduces_a_finished_run(cli, finished_run, tmp_path):
+    """`fit --config RUN/config.json --out NEW` trains RUN again: every number of every
+    metrics row (all but the timings) and every tensor of model.safetensors are the same."""
+    again = tmp_path / "again"
+    result = cli("fit", "--config", finished_run / "config.json", "--out", again, "--quiet")
+    assert result.status == 0, result.stderr
+    assert _numbers(again) == _numbers(finished_run) and len(_numbers(again)) == 3
+    first, second = _weights(finished_run), _weights(again)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert json.loads((again / "config.json").read_text()) == json.loads((finished_run / "config.json").read_text())
+
+
+def test_a_flag_overrides_the_config_file(cli, finished_run, tmp_path):
+    out = tmp_path / "other"
+    result = cli("fit", "--config", finished_run / "config.json", "--out", out, "--epochs", "1", "--seed", "9",
+                 "--quiet")
+    assert result.status == 0, result.stderr
+    saved, given = (json.loads((d / "config.json").read_text()) for d in (finished_run, out))
+    assert (given["train"]["epochs"], given["train"]["seed"]) == (1, 9)
+    for section in ("model", "train"):  # everything else is the file's
+        for key, value in saved[section].items():
+            if key not in ("epochs", "seed"):
+                assert given[section][key] == value, (section, key)
+    assert given["data"] == "digits" and len(json_lines(out / "metrics.jsonl")) == 1
+
+
+def test_the_machine_settings_of_a_config_file(tmp_path):
+    """--device and --threads: the flag, else the file's, else the defaults (auto, all
+    cores); the file's informational fields (data_shape, versions) are ignored."""
+    from trainer.__main__ import build_parser, fit_config, fit_processes
+
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"data": "gmm2d:n=200", "data_shape": [9], "versions": {"torch": "0"}}))
+
+    def resolved(*flags):
+        a = build_parser().parse_args(["fit", "--config", str(path), "--out", str(tmp_path / "r"), *flags])
+        return fit_config(a), fit_processes(a, fit_config(a))
+
+    cfg, nproc = resolved()
+    assert (cfg.data, cfg.train.device, cfg.train.threads, nproc) == ("gmm2d:n=200", "auto", 0, 1)
+    assert (cfg.data_shape, cfg.versions) == ([], {})
+    cfg, _ = resolved("--device", "cpu", "--threads", "2")
+    assert (cfg.train.device, cfg.train.threads) == ("cpu", 2)
+    path.write_text(json.dumps({"train": {"device": "cpu", "threads": 3, "world_size": 2}}))
+    cfg, nproc = resolved()
+    assert (cfg.train.device, cfg.train.threads, nproc) == ("cpu", 3, 2)
+    assert resolved("--nproc", "1", "--threads", "1")[1] == 1
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("content,fragments", [
+    (None, ["missing --config file"]),
+    ("{not json", ["--config file is not valid JSON"]),
+    ("[1, 2]", ["must hold a JSON object"]),
+    ('{"train": {"epochs": "many"}}', ["config.train.epochs has the wrong type"]),
+    ('{"model": {"depth": 3}}', ["unknown field(s) depth"]),
+    ('{"train": {"epochs": 0}}', ["epochs must be between 1 and 100000"]),
+    ('{"model": {"arch": "os.system"}}', ["unknown architecture 'os.system'"]),
+    ("folder", ["cannot read --config file"]),
+])
+def test_a_bad_or_missing_config_file_is_a_one_line_error(cli, tmp_path, content, fragments):
+    path = tmp_path / "settings.json"
+    if content == "folder":
+        path.mkdir()
+    elif content is not None:
+        path.write_text(content)
+    out = tmp_path / "run"
+    assert_user_error(cli("fit", "--config", path, "--out", out, "--threads", "1", "--quiet"),
+                      str(path), *fragments)
+    assert not out.exists()
+
+
+def test_config_with_resume_is_refused(cli, finished_run, tmp_path):
+    before = (finished_run / "model.safetensors").read_bytes()
+    assert_user_error(cli("fit", "--config", finished_run / "config.json", "--out", finished_run, "--resume"),
+                      "--config cannot go with --resume")
+    assert (finished_run / "model.safetensors").read_bytes() == before
+
+
 # -- bad run folders for eval and sample ------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,9 @@ from PIL import Image
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
 from trainer import TrainerError, load_dataset
-from trainer import data as data_module
+from trainer import formats as formats_module
 from trainer.config import RunConfig
-from trainer.data import parse_spec, render_shapes
+from trainer.data import DATASETS, parse_spec, render_shapes
 from trainer.likelihoods import LIKELIHOODS
 from trainer.examples import linear_gaussian_entropy
 
@@ -120,6 +120,12 @@ def test_linear_gaussian_and_its_entropy():
     lp = ds.exact_log_px(x).double()
     se = float(lp.std()) / math.sqrt(len(lp))
     assert abs(float(lp.mean()) + linear_gaussian_entropy(5, 0.3)) < 4 * se  # mean log p = -entropy
+
+
+def test_the_registry_says_which_built_ins_know_their_exact_log_px():
+    for name, builtin in DATASETS.items():
+        spec = f"{name}:n=50" if any(o.key == "n" for o in builtin.options) else name
+        assert (load_dataset(spec, 0).exact_log_px is not None) == builtin.exact_log_px, name
 
 
 # -- the user's files ---------------------------------------------------------------------------
@@ -322,7 +328,7 @@ def test_a_csv_above_the_readers_limit_is_refused_with_what_to_do(tmp_path, monk
     p = tmp_path / "big.csv"
     p.write_text("\n".join("1,2,3,4" for _ in range(300)))  # 2,099 bytes
     assert load_dataset(str(p), 0).x_train.shape[1:] == (4,)  # under the limit: read
-    monkeypatch.setattr(data_module, "MAX_CSV_BYTES", 1000)
+    monkeypatch.setattr(formats_module, "MAX_CSV_BYTES", 1000)
     with pytest.raises(TrainerError, match=r"big.csv: the CSV is .* more than the CSV reader's limit .*np.save"):
         load_dataset(str(p), 0)
 
@@ -337,6 +343,6 @@ def test_a_folder_spec_over_a_huge_tree_gives_up_with_a_message(tmp_path, monkey
             Image.fromarray(np.full((4, 4), 10 * j, np.uint8)).save(folder / f"sub{i}" / f"{j}.png")
     whole = load_dataset(str(folder), 0)  # 33 entries under the limit: read
     assert len(whole.x_train) + len(whole.x_test) == 30
-    monkeypatch.setattr(data_module, "MAX_FOLDER_ENTRIES", 20)
+    monkeypatch.setattr(formats_module, "MAX_FOLDER_ENTRIES", 20)
     with pytest.raises(TrainerError, match="more than 20 files and folders: give the folder of the data set"):
         load_dataset(str(folder), 0)

@@ -12,7 +12,7 @@ import torch
 
 from tests.trainer.conftest import small_config
 from trainer import evaluate_run, fit, load_dataset, load_run
-from trainer import runs
+from trainer import checkpoints, fileio, runs
 from trainer.train import Callbacks, Trainer, set_threads
 
 TIMING_KEYS = {"epoch_time_s", "samples_per_s", "wall_time"}  # the only keys allowed to differ
@@ -23,7 +23,7 @@ def numbers(rows: list[dict]) -> list[dict]:
 
 
 def weights(run_dir) -> dict[str, torch.Tensor]:
-    return runs.load_model(run_dir).state_dict()
+    return checkpoints.load_model(run_dir).state_dict()
 
 
 def assert_same_weights(a: dict, b: dict) -> None:
@@ -70,9 +70,9 @@ def test_resume_continues_where_it_stopped(tmp_path):
     assert [r["step"] for r in resumed] == [r["step"] for r in straight]
     assert numbers(resumed) == numbers(straight)
     assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "resumed"))
-    optim = [runs.load_safetensors(tmp_path / d / "optim.safetensors", "optim") for d in ("straight", "resumed")]
+    optim = [checkpoints.load_safetensors(tmp_path / d / "optim.safetensors", "optim") for d in ("straight", "resumed")]
     assert_same_weights(optim[0], optim[1])
-    assert runs.read_status(tmp_path / "resumed")["state"] == "done"
+    assert runs.read_status_dead_as_failed(tmp_path / "resumed")["state"] == "done"
 
 
 def test_resume_after_a_cancel_mid_epoch_matches_an_uninterrupted_run(tmp_path):
@@ -85,7 +85,7 @@ def test_resume_after_a_cancel_mid_epoch_matches_an_uninterrupted_run(tmp_path):
     state = fit(cfg_small(4), tmp_path / "stopped", stop=stop,
                 on_step=lambda step, epoch, i, n: stop.set() if step == 30 else None)  # 12 steps/epoch
     assert state == "cancelled"
-    assert runs.read_status(tmp_path / "stopped")["state"] == "cancelled"
+    assert runs.read_status_dead_as_failed(tmp_path / "stopped")["state"] == "cancelled"
     assert [r["epoch"] for r in runs.read_metrics(tmp_path / "stopped")] == [1, 2]
     assert fit(cfg_small(4), tmp_path / "stopped", resume=True) == "done"
     assert numbers(runs.read_metrics(tmp_path / "stopped")) == numbers(runs.read_metrics(tmp_path / "straight"))
@@ -101,9 +101,9 @@ def _replace_the_noise_generator_state(run_dir, state: torch.Tensor) -> None:
     path = run_dir / "optim.safetensors"
     with safe_open(str(path), framework="pt") as f:
         tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
-    assert tensors["rng.eps"].shape == (runs.CPU_GENERATOR_STATE_BYTES,)
+    assert tensors["rng.eps"].shape == (checkpoints.CPU_GENERATOR_STATE_BYTES,)
     tensors["rng.eps"] = state
-    runs.atomic_write_bytes(path, st_save(tensors, metadata=meta))
+    fileio.atomic_write_bytes(path, st_save(tensors, metadata=meta))
 
 
 def test_a_run_saved_on_a_gpu_resumes_on_the_cpu_reproducibly(tmp_path):
@@ -116,7 +116,7 @@ def test_a_run_saved_on_a_gpu_resumes_on_the_cpu_reproducibly(tmp_path):
     fit(cfg_small(2), tmp_path / "a")
     # what a CUDA generator saves (Philox: its seed and offset as two int64, 16 bytes)
     cuda_state = torch.tensor([12345, 4 * 24], dtype=torch.int64).view(torch.uint8)
-    assert cuda_state.shape == (runs.CUDA_GENERATOR_STATE_BYTES,)
+    assert cuda_state.shape == (checkpoints.CUDA_GENERATOR_STATE_BYTES,)
     _replace_the_noise_generator_state(tmp_path / "a", cuda_state)
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     for d in ("a", "b"):
@@ -137,7 +137,7 @@ def test_a_noise_generator_state_of_neither_device_is_refused(tmp_path):
     fit(cfg_small(1), tmp_path / "r")
     _replace_the_noise_generator_state(tmp_path / "r", torch.zeros(100, dtype=torch.uint8))
     before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir() if p.is_file()}
-    expected = rf"rng.eps has shape \[100\], expected \[{runs.CPU_GENERATOR_STATE_BYTES}\] or \[16\]"
+    expected = rf"rng.eps has shape \[100\], expected \[{checkpoints.CPU_GENERATOR_STATE_BYTES}\] or \[16\]"
     with pytest.raises(runs.TrainerError, match=expected):
         fit(cfg_small(2), tmp_path / "r", resume=True)
     after = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir() if p.is_file()}
@@ -154,10 +154,10 @@ def test_save_and_load_round_trip_bit_exactly(tmp_path):
     trainer = Trainer(cfg, data)
     trainer.run()
     cfg.data_shape = list(data.shape)
-    runs.atomic_write_json(tmp_path / "config.json", cfg.to_dict())
-    runs.save_checkpoint(tmp_path, trainer.model, trainer.state_tensors(), {"epoch": 1, "step": trainer.step})
+    fileio.atomic_write_json(tmp_path / "config.json", cfg.to_dict())
+    checkpoints.save_checkpoint(tmp_path, trainer.model, trainer.state_tensors(), {"epoch": 1, "step": trainer.step})
 
-    loaded = runs.load_model(tmp_path)
+    loaded = checkpoints.load_model(tmp_path)
     assert_same_weights(trainer.model.state_dict(), loaded.state_dict())
     x = data.x_test[:50]
     with torch.no_grad():

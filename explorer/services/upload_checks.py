@@ -1,11 +1,13 @@
-"""Guards for what a user can type or upload: run names and uploaded files.
+"""Upload checks: a file sent to the app is checked by its *content* before anything is saved.
 
-Run names. The app trains into `<runs folder>/<name>`; a name is one plain folder name,
-never a path. `safe_run_path(runs_dir, name)` refuses anything else with a TrainerError
-(so nothing is ever written outside the runs folder):
-
-    ..  /  \\  an absolute path  NUL or control characters  a leading dot  > 100 characters
-    a name whose folder is a symlink leading out of the runs folder
+The bytes must be what the name says (a .npz must be a zip of .npy arrays, a .png a PNG, a
+.csv UTF-8 text, ...; trainer.formats.sniff tells them apart), and nothing may unpack to
+more than the limits of `UploadLimits`: archives (.zip of images, .npz, .gz) are measured by
+decompressing them as a stream and stopping at the limit, never by trusting the sizes their
+headers announce. Each check raises TrainerError with one line naming the file and what to
+do. `validate_upload` checks one whole upload; `extract_images_zip` unpacks a checked .zip
+of images. The upload service (uploads.py) then loads the data with the trainer's own
+reader (trainer.data.load_dataset).
 """
 
 from __future__ import annotations
@@ -14,67 +16,20 @@ import gzip
 import io
 import math
 import stat as stat_mod
-import unicodedata
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from struct import error as struct_error
 
-from .errors import TrainerError
-
-MAX_RUN_NAME = 100  # characters
-RUN_NAME_HELP = "use letters, digits, '-', '_' and '.' (up to 100 characters, no folders)"
-
-
-def check_run_name(name: object) -> str:
-    """`name` if it is one plain folder name; otherwise TrainerError saying what is wrong."""
-    if not isinstance(name, str) or not name:
-        raise TrainerError(f"the run name is empty: {RUN_NAME_HELP}")
-    shown = repr(name[:40]) + ("..." if len(name) > 40 else "")
-    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn") for c in name):
-        raise TrainerError(f"the run name {shown} contains control or invisible characters: {RUN_NAME_HELP}")
-    if len(name) > MAX_RUN_NAME:
-        raise TrainerError(f"the run name is {len(name)} characters long, more than {MAX_RUN_NAME}: {RUN_NAME_HELP}")
-    if "/" in name or "\\" in name:
-        raise TrainerError(f"the run name {shown} contains a folder separator: {RUN_NAME_HELP}")
-    if ".." in name or name.startswith("."):
-        raise TrainerError(f"the run name {shown} starts with a dot or contains '..': {RUN_NAME_HELP}")
-    if name != name.strip():
-        raise TrainerError(f"the run name {shown} starts or ends with a space: {RUN_NAME_HELP}")
-    if not all(c.isalnum() or c in "-_." for c in name):
-        bad = next(c for c in name if not (c.isalnum() or c in "-_."))
-        raise TrainerError(f"the run name {shown} contains {bad!r}: {RUN_NAME_HELP}")
-    return name
-
-
-def safe_run_path(runs_dir: str | Path, name: object) -> Path:
-    """The folder for run `name` inside `runs_dir`, after checking that it stays inside.
-
-    The name is checked by check_run_name; if the folder already exists as a symlink, it
-    must resolve to a folder directly inside the runs folder. Raises TrainerError."""
-    name = check_run_name(name)
-    root = Path(runs_dir).resolve()
-    path = root / name
-    if path.resolve().parent != root:
-        raise TrainerError(f"the run {name!r} points outside the runs folder {root}: choose another name")
-    return path
-
-
-# == uploads ============================================================================
-#
-# A file sent to the app is checked by its *content* before anything else reads it: the
-# bytes must be what the name says (a .npz must be a zip of .npy arrays, a .png a PNG, a
-# .csv UTF-8 text, ...), and nothing may unpack to more than the limits below: archives
-# (.zip of images, .npz, .gz) are measured by decompressing them as a stream and stopping
-# at the limit, never by trusting the sizes their headers announce. Each check raises
-# TrainerError with one line naming the file and what to do. The trainer's own reader
-# (trainer.data.load_dataset) then loads the data for real.
-
+from trainer.errors import TrainerError
+from trainer.formats import IMAGE_SUFFIXES, IdxHeaderError, is_idx_name, looks_like_idx, parse_idx_header, sniff
 
 
 @dataclass(frozen=True)
 class UploadLimits:
+    """How much one upload may hold; uploads.py sets max_bytes from the app's upload limit."""
+
     max_bytes: int = 200 * 2**20  # one upload as sent (Streamlit's server.maxUploadSize, MB)
     max_unpacked_bytes: int = 1 * 2**30  # an archive (.zip, .npz, .gz) once unpacked
     max_files: int = 20_000  # members of a .zip, or images in one upload
@@ -86,44 +41,15 @@ class UploadLimits:
 
 
 DEFAULT_LIMITS = UploadLimits()
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-_CHUNK = 1 << 20
+_CHUNK = 1 << 20  # bytes read at a time from a decompressing stream
 
-# what each file name may hold, by content
+# what each file name may hold, by content (see expected_kind)
 _KINDS = {".npz": "zip", ".npy": "npy", ".csv": "text", ".gz": "gzip", ".zip": "zip",
-          ".png": "image", ".jpg": "image", ".jpeg": "image"}
-
-
-def sniff(data: bytes) -> str:
-    """What the bytes are, from their first bytes: zip, npy, gzip, png, jpeg, idx, pickle,
-    text (UTF-8 without NUL bytes) or unknown."""
-    head = data[:16]
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        return "zip"
-    if head.startswith(b"\x93NUMPY"):
-        return "npy"
-    if head.startswith(b"\x1f\x8b"):
-        return "gzip"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return "pickle"
-    if len(head) >= 4 and head[0] == 0 and head[1] == 0 and head[2] in _IDX_TYPES and head[3] > 0:
-        return "idx"
-    try:
-        data[:_CHUNK].decode("utf-8")
-        text = b"\x00" not in data[:_CHUNK]
-    except UnicodeDecodeError as e:  # a multi-byte character cut at the end of the sample is fine
-        text = e.start >= min(len(data), _CHUNK) - 3 and b"\x00" not in data[:_CHUNK]
-    return "text" if text else "unknown"
-
+          **{suffix: "image" for suffix in IMAGE_SUFFIXES}}
 
 _DESCRIBE = {"zip": "a zip archive", "npy": "a .npy array", "gzip": "a gzip file", "png": "a PNG image",
              "jpeg": "a JPEG image", "idx": "an IDX file", "pickle": "a Python pickle", "text": "text",
-             "unknown": "not a file type this app reads"}
-_IDX_TYPES = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}  # type byte -> bytes per value
+             "unknown": "not a file type this app reads"}  # sniff's kinds, as messages say them
 
 
 def _upload_error(name: str, problem: str, hint: str = "") -> TrainerError:
@@ -136,7 +62,7 @@ def expected_kind(name: str) -> str | None:
     for suffix, kind in _KINDS.items():
         if lower.endswith(suffix):
             return kind
-    if "idx" in lower or lower.endswith("-ubyte"):
+    if is_idx_name(lower):
         return "idx"
     return None
 
@@ -410,8 +336,8 @@ def check_gzipped_idx(name: str, data: bytes, limits: UploadLimits = DEFAULT_LIM
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
             head = f.read(4)
-            if len(head) == 4 and head[0] == 0 and head[1] == 0 and head[2] in _IDX_TYPES and head[3] > 0:
-                head += f.read(4 * head[3])
+            if looks_like_idx(head):
+                head += f.read(4 * head[3])  # the sizes, one per dimension
             dims, announced = _idx_header(name, head, limits)
             _, got = _read_limited(f, announced, keep=False)
     except TrainerError:
@@ -428,18 +354,18 @@ def check_gzipped_idx(name: str, data: bytes, limits: UploadLimits = DEFAULT_LIM
 
 def _idx_header(name: str, head: bytes, limits: UploadLimits) -> tuple[tuple[int, ...], int]:
     """(sizes, bytes of data announced) from the first 4 + 4 * rank bytes of an IDX file."""
-    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_TYPES or head[3] == 0:
+    try:
+        header = parse_idx_header(head)
+    except IdxHeaderError as e:
+        if e.problem == "truncated":
+            raise _upload_error(name, "truncated IDX header") from None
         what = _DESCRIBE[sniff(head)] if head else "empty"
-        raise _upload_error(name, f"not an IDX file (bad magic number; the content is {what})")
-    rank = head[3]
-    if len(head) < 4 + 4 * rank:
-        raise _upload_error(name, "truncated IDX header")
-    dims = tuple(int.from_bytes(head[4 + 4 * i:8 + 4 * i], "big") for i in range(rank))
-    announced = _IDX_TYPES[head[2]] * math.prod(dims)
+        raise _upload_error(name, f"not an IDX file (bad magic number; the content is {what})") from None
+    announced = header.data_bytes
     if announced > limits.max_unpacked_bytes:
         raise _upload_error(name, f"the IDX header announces {_mb(announced)} of data, more than the limit of "
                                   f"{_mb(limits.max_unpacked_bytes)}")
-    return dims, announced
+    return header.dims, announced
 
 
 def check_idx(name: str, data: bytes, limits: UploadLimits = DEFAULT_LIMITS) -> tuple[int, ...]:
@@ -501,6 +427,5 @@ def validate_upload(files: list[tuple[str, bytes]], limits: UploadLimits = DEFAU
     return kinds
 
 
-__all__ = ["MAX_RUN_NAME", "check_run_name", "safe_run_path", "UploadLimits", "DEFAULT_LIMITS", "sniff",
-           "expected_kind", "check_upload", "validate_upload", "check_npy", "check_npz", "check_images_zip",
+__all__ = ["UploadLimits", "DEFAULT_LIMITS", "expected_kind", "check_upload", "validate_upload", "check_npy", "check_npz", "check_images_zip",
            "extract_images_zip", "check_image", "check_gzipped_idx", "check_idx", "check_csv"]

@@ -1,0 +1,93 @@
+"""The views' way to explorer/services/explore.py: each computation memoised per checkpoint.
+
+A `Checkpoint` names a run's weights on disk: the resolved run folder and the modification
+time of its model.safetensors (runs.checkpoint_mtime). Every function here takes one as its
+first argument and is cached with st.cache_data on it, so a new checkpoint (a run trained
+again) is a new cache key and never gets the results of the old one. A view takes
+`checkpoint(path)` once per page run and passes it to each call.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import streamlit as st
+
+from trainer import Run, evaluate_run
+
+from . import explore
+from .runs import checkpoint_mtime, open_run
+
+
+class Checkpoint(NamedTuple):
+    """A cache key for a run's weights: a tuple of a str and a float, so Streamlit hashes it."""
+
+    path: str  # the run folder, resolved
+    mtime: float  # its model.safetensors' modification time, ns (0.0 if there is none)
+
+    def run(self) -> Run:
+        """The run, opened (runs.open_run caches the model per checkpoint too)."""
+        return open_run(Path(self.path))
+
+
+def checkpoint(path: Path) -> Checkpoint:
+    """The checkpoint a run folder holds now."""
+    return Checkpoint(str(Path(path).resolve()), checkpoint_mtime(path))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def encoded(ckpt: Checkpoint) -> explore.Encoded:
+    """The test split encoded, with each sample's ELBO terms."""
+    return explore.encode_test(ckpt.run())
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def projection(ckpt: Checkpoint, method: str) -> explore.Projection:
+    """The test set's posterior means mapped to the plane."""
+    return explore.project(encoded(ckpt).mu, method)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def path_frames(ckpt: Checkpoint, a: int, b: int, method: str) -> explore.PathFrames:
+    """The path from test sample a's code to test sample b's, decoded."""
+    mu = encoded(ckpt).mu
+    return explore.path_frames(ckpt.run(), mu[a], mu[b], method)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def manifold(ckpt: Checkpoint, n: int, span: float) -> np.ndarray:
+    """Decoded means on an n x n grid of 2-D codes over [-span, span]^2."""
+    return explore.manifold(ckpt.run(), n, span)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def breakdown(ckpt: Checkpoint, index: int) -> dict:
+    """Fig 1.4's numbers for one test sample: recon, kl, elbo, log_px, gap."""
+    return explore.sample_breakdown(ckpt.run(), encoded(ckpt).x[index])
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def samples(ckpt: Checkpoint, n: int, seed: int) -> np.ndarray:
+    """n decoded samples of the prior, z ~ N(0, I), x = f(z)."""
+    return ckpt.run().generate(n, seed).numpy()
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def traversals(ckpt: Checkpoint, dims: tuple[int, ...], steps: int, span: float) -> np.ndarray:
+    """One row of decoded codes per latent dimension in dims, from -span to span."""
+    return explore.traversals(ckpt.run(), list(dims), steps, span)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def reconstructions(ckpt: Checkpoint) -> np.ndarray:
+    """f(mu(x)) for every test sample: the decoded posterior means, (N, *shape)."""
+    return ckpt.run().decode(encoded(ckpt).mu).numpy()
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def evaluation(ckpt: Checkpoint, k: int = explore.EVAL_K) -> dict:
+    """trainer.evaluate_run on the test split: elbo, recon, kl, log_px (K = k), gap, active
+    units; per-sample means, nats."""
+    return evaluate_run(ckpt.run(), "test", k=k)
