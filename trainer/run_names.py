@@ -34,7 +34,6 @@ def name_help(max_chars: int = MAX_RUN_NAME) -> str:
     return f"use letters, digits, '-', '_' and '.' (up to {max_chars} characters, no folders)"
 
 
-RUN_NAME_HELP = name_help()
 # Names given in the app (typed in the Train form, or suggested by it) are shorter: the app
 # makes new names from them by adding a suffix ("-2", "-seed3"), and those must fit too.
 MAX_APP_RUN_NAME = 80
