@@ -277,4 +277,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    group = sys.modules.get("trainer.distributed")
+    if group is not None and group.current() is not None:  # a process of a torchrun group
+        group.exit_process(status)
+    sys.exit(status)
