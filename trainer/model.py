@@ -32,6 +32,22 @@ if TYPE_CHECKING:
     from .config import ModelConfig
 
 
+# The encoder's log-variance is bounded below, softly, at LOGVAR_MIN (posterior sigma >= exp(-15),
+# about 3e-7 in the data's units). Without a bound, unscaled data can drive sigma to 1e-30 and
+# below: exp(logvar) then underflows float32 (at about -87 to -103), 1/sigma^2 overflows, and
+# the KL (which has -logvar in it) and any log q(z|x) become inf or NaN. -30 keeps every
+# quantity finite with a wide margin and lies far below any posterior a useful model learns.
+LOGVAR_MIN = -30.0
+
+
+def bounded_logvar(raw: torch.Tensor) -> torch.Tensor:
+    """LOGVAR_MIN + softplus(raw - LOGVAR_MIN): equal to raw (bit for bit) above LOGVAR_MIN + 20,
+    smooth below, never under LOGVAR_MIN; its gradient, sigmoid(raw - LOGVAR_MIN), stays positive
+    near the bound (a hard clamp's would be 0), so a unit pushed there can recover."""
+    soft = LOGVAR_MIN + F.softplus(raw - LOGVAR_MIN)
+    return torch.where(raw > LOGVAR_MIN + 20.0, raw, soft)
+
+
 class DiagonalGaussian:
     """N(mu, diag(exp(logvar))) over the last dimension, as diffusers' DiagonalGaussianDistribution."""
 
@@ -96,8 +112,8 @@ class VAE(nn.Module):
 
     # -- the three steps of pytorch/examples' VAE ---------------------------------------
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
-        mu, logvar = self.encoder_net(x)
-        return DiagonalGaussian(mu, logvar)
+        mu, raw_logvar = self.encoder_net(x)
+        return DiagonalGaussian(mu, bounded_logvar(raw_logvar))
 
     @staticmethod
     def reparameterize(q: DiagonalGaussian, n: int | None = None,

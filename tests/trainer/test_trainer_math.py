@@ -18,7 +18,7 @@ from trainer.config import ModelConfig
 from trainer.elbo import elbo_terms, log_px
 from trainer.examples import (gmm_log_px, linear_gaussian_elbo, linear_gaussian_entropy,
                               linear_gaussian_log_px)
-from trainer.model import DiagonalGaussian, build_model, log_standard_normal
+from trainer.model import LOGVAR_MIN, DiagonalGaussian, bounded_logvar, build_model, log_standard_normal
 
 TOL = 1e-5
 
@@ -75,6 +75,20 @@ def test_log_prob_matches_independent_normal():
     torch.testing.assert_close(q.log_prob(z), expected, rtol=TOL, atol=TOL)
     expected_prior = Independent(Normal(torch.zeros(4, dtype=torch.float64), 1.0), 1).log_prob(z)
     torch.testing.assert_close(log_standard_normal(z), expected_prior, rtol=TOL, atol=TOL)
+
+
+def test_bounded_logvar_is_the_identity_above_the_bound_and_finite_below_it():
+    raw = torch.tensor([-500.0, -100.0, -31.0, -30.0, -12.0, -10.0 + 1e-3, -1.234567, 0.0, 7.5])
+    raw.requires_grad_(True)
+    lv = bounded_logvar(raw)
+    above = raw > LOGVAR_MIN + 20.0
+    assert torch.equal(lv[above], raw[above])  # bit for bit: trained models' numbers unchanged
+    assert (lv >= LOGVAR_MIN).all() and torch.isfinite(lv).all()
+    assert (lv[:4] < LOGVAR_MIN + 1.0).all()  # far below the bound, it sits at the bound
+    lv.sum().backward()
+    assert (raw.grad[1:] > 0).all() and (raw.grad <= 1).all()  # no dead unit near the bound
+    q = DiagonalGaussian(torch.zeros(9), lv.detach())
+    assert torch.isfinite(q.kl()).all() and torch.isfinite(q.log_prob(torch.zeros(9))).all()
 
 
 def test_sample_is_the_reparameterization_mu_plus_sigma_eps():
