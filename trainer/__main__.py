@@ -59,6 +59,7 @@ FIT_SETTINGS = {
     "mc_samples": ("train", "mc_samples"), "epochs": ("train", "epochs"),
     "batch_size": ("train", "batch_size"), "lr": ("train", "lr"), "seed": ("train", "seed"),
     "device": ("train", "device"), "threads": ("train", "threads"),
+    "standardize": (None, "standardize"),
 }
 
 
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--nproc", type=int,
                    help="training processes on this machine (torch.distributed; starts torchrun for you) "
                         f"(default {d.train.world_size}, or the --config file's world_size)")
+    f.add_argument("--standardize", action=argparse.BooleanOptionalAction,
+                   help="non-image data from a file: scale each column to mean 0, sd 1 on the training "
+                        "split (figures stay in the data's units) (default on)")
     f.add_argument("--quiet", action="store_true", help="no progress output")
 
     e = sub.add_parser("eval", help="ELBO terms and log p(x) of a trained run")

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import checkpoints, distributed, fileio, likelihoods, run_names, runs
+from . import checkpoints, distributed, fileio, likelihoods, preprocess, run_names, runs
 from .config import RunConfig
 from .data import Dataset, load_dataset
 from .elbo import elbo_terms, evaluate, log_px
@@ -108,6 +108,7 @@ def _resume_conflicts(saved: RunConfig, cfg: RunConfig) -> list[str]:
     """The settings of `cfg` that a resumed run cannot take over from `saved`: the data, any
     model field, and the training fields in RESUME_FIXED."""
     differ = ["data"] if saved.data != cfg.data else []
+    differ += ["standardize"] if saved.standardize != cfg.standardize else []
     differ += [f.name for f in fields(saved.model) if getattr(saved.model, f.name) != getattr(cfg.model, f.name)]
     return differ + [name for name in RESUME_FIXED if getattr(saved.train, name) != getattr(cfg.train, name)]
 
@@ -126,6 +127,7 @@ def _fit_locked(cfg: RunConfig, out: Path, resume: bool, on_epoch, on_step, stop
     else:
         cfg.versions = {**_versions(), "threads": str(threads), "device": device.type}
         fileio.atomic_write_json(out / "config.json", cfg.to_dict())
+        preprocess.save(out, trainer.model.standardizer)  # standardize.json, before the first weights
         checkpoints.save_checkpoint(out, trainer.model, trainer.state_tensors(), {"epoch": 0, "step": 0})
 
     reporter = _Reporter(out, trainer, cfg.train.epochs, on_epoch, on_step)
@@ -203,6 +205,8 @@ def _make_trainer(cfg: RunConfig, out: Path, resume: bool, device: torch.device)
         data = load_dataset(cfg.data, cfg.train.seed)
         likelihoods.get(cfg.model.likelihood).check_data(data)
         cfg.data_shape = list(data.shape)
+        if not resume:
+            fileio.atomic_write_json(out / runs.DATA_INFO, data.names())  # the names the app shows
         return distributed.make_trainer(cfg, data, device)
     except TrainerError as e:
         if (out / "status.json").exists() or not resume:
@@ -216,6 +220,7 @@ def _restore(trainer, cfg: RunConfig, out: Path) -> None:
     metrics.jsonl cut back to the rows of the epochs that checkpoint holds."""
     model = checkpoints.load_model(out, cfg)
     trainer.model.load_state_dict(model.state_dict())
+    trainer.model.set_standardizer(model.standardizer)  # the run's own (standardize.json), or none
     trainer.load_state_tensors(checkpoints.load_optim_state(out, trainer.model))
     ts = checkpoints.read_train_state(out)  # weights, optimizer state and epoch from one save
     trainer.epoch, trainer.step = ts["epoch"], ts["step"]
@@ -296,6 +301,12 @@ class Run:
     @property
     def status(self) -> dict | None:
         return runs.read_status_dead_as_failed(self.path)
+
+    @property
+    def data_info(self) -> dict:
+        """The data's names (data.json): name, feature_names, label_name, label_names,
+        class_names; {} for a run trained before they were kept."""
+        return runs.read_data_info(self.path)
 
     def load_data(self) -> Dataset:
         """The run's data set with its train/test split (same seed, same split)."""

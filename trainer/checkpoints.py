@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
+from . import preprocess
 from .config import RunConfig
 from .errors import TrainerError
 from .fileio import atomic_write_bytes, atomic_write_json, fsync_dir, read_json
@@ -174,6 +175,7 @@ def load_model(run_dir: Path, cfg: RunConfig | None = None) -> VAE:
     tensors = load_safetensors(run_dir / "model.safetensors", "model.safetensors", expected)
     model = build_model(cfg.model, cfg.data_shape)  # safe now: the file holds this many weights
     model.load_state_dict(tensors)
+    model.set_standardizer(preprocess.load(run_dir, model.data_dim))  # standardize.json, if the run has one
     model.eval()
     return model
 

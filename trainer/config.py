@@ -48,6 +48,10 @@ class RunConfig:
     data: str = "digits"  # data spec, e.g. "digits", "gmm2d:k=5", "path/to/file.npz"
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # Non-image data from a file, with a real-valued likelihood: each column standardised with
+    # the training split's mean and standard deviation (trainer.preprocess); figures stay in
+    # the data's units. False: the model sees the values as they are.
+    standardize: bool = True
     # Filled in when a run starts (informational, not needed to rebuild the model):
     data_shape: list[int] = field(default_factory=list)  # shape of one sample x, e.g. [1, 8, 8]
     versions: dict[str, str] = field(default_factory=dict)  # python, torch, numpy, ...
@@ -72,7 +76,10 @@ class RunConfig:
         versions = d.get("versions", {})
         if not isinstance(versions, dict):
             raise TrainerError("config: 'versions' must be an object")
-        cfg = cls(data=data, model=model, train=train, data_shape=list(shape),
+        standardize = d.get("standardize", True)
+        if not isinstance(standardize, bool):
+            raise TrainerError("config: 'standardize' must be true or false")
+        cfg = cls(data=data, model=model, train=train, standardize=standardize, data_shape=list(shape),
                   versions={str(k): str(v) for k, v in versions.items()})
         cfg.validate()
         return cfg

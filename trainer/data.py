@@ -51,6 +51,21 @@ class Dataset:
     label_names: list[str] = field(default_factory=list)  # F names, e.g. ["digit"]
     is_image: bool = False  # x is (C, H, W) with values in [0, 1]
     exact_log_px: Callable[[torch.Tensor], torch.Tensor] | None = None  # known density, per sample
+    feature_names: list[str] = field(default_factory=list)  # D names of x's values (non-image data), else []
+    class_names: list[str] = field(default_factory=list)  # the label's category names (y == i), else []
+    display_name: str = ""  # the name to show: the file's own name (not its path), or the built-in's
+
+    @property
+    def label_name(self) -> str | None:
+        """The (first) label's name, e.g. "target", or None without labels."""
+        return self.label_names[0] if self.label_names else None
+
+    def names(self) -> dict:
+        """The names a run keeps (runs.DATA_INFO): name, feature_names, label_name, label_names,
+        class_names."""
+        return {"name": self.display_name, "feature_names": list(self.feature_names),
+                "label_name": self.label_name, "label_names": list(self.label_names),
+                "class_names": list(self.class_names)}
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -134,6 +149,7 @@ def load_dataset(spec: str, seed: int = 0) -> Dataset:
         builtin = DATASETS[name]
         values = {o.key: o.read(options, spec) for o in builtin.options}  # in the order listed
         loaded = builtin.load(spec, **values)
+        loaded.name = loaded.name or name
     else:
         loaded = load_file(name, options)
     if options:
@@ -159,12 +175,15 @@ def split(spec: str, data: LoadedData, seed: int, test_fraction: float) -> Datas
     test_idx, train_idx = perm[:n_test].sort().values, perm[n_test:].sort().values
     y = data.y
     ys = (None, None) if y is None else (y[train_idx.numpy()], y[test_idx.numpy()])
+    features = list(data.feature_names) or ([] if data.is_image else [f"x{j + 1}" for j in range(math.prod(data.x.shape[1:]))])
+    names = dict(feature_names=features, class_names=list(data.class_names),
+                 display_name=data.name or spec)
     if isinstance(data.x, MappedRows):  # larger than memory: the splits stay on disk
         return Dataset(spec, data.x.subset(train_idx.numpy()), data.x.subset(test_idx.numpy()), ys[0], ys[1],
-                       data.label_names, data.is_image, data.exact_log_px)
+                       data.label_names, data.is_image, data.exact_log_px, **names)
     x = torch.as_tensor(np.ascontiguousarray(data.x), dtype=torch.float32)
     return Dataset(spec, x[train_idx], x[test_idx], ys[0], ys[1], data.label_names, data.is_image,
-                   data.exact_log_px)
+                   data.exact_log_px, **names)
 
 
 # -- built-ins ----------------------------------------------------------------------------

@@ -47,9 +47,17 @@ class LoadedData:
 
     x: np.ndarray | MappedRows  # (N, D) or (N, C, H, W) float32; MappedRows: read from disk in batches
     y: np.ndarray | None  # (N, F) float64 labels or known factors, or None
-    label_names: list[str] = field(default_factory=list)  # F names, e.g. ["digit"]
+    label_names: list[str] = field(default_factory=list)  # F names, e.g. ["digit"]; a CSV's label header
     is_image: bool = False  # x is (N, C, H, W) with values in [0, 1]
     exact_log_px: Callable[[torch.Tensor], torch.Tensor] | None = None  # the true density per sample, if known
+    feature_names: list[str] = field(default_factory=list)  # D names of x's values (non-image data), else []
+    class_names: list[str] = field(default_factory=list)  # a label of names: y == i means class_names[i]; else []
+    name: str = ""  # the data set's name to show: the file's or folder's own name, or the built-in's
+
+    @property
+    def label_name(self) -> str | None:
+        """The (first) label's name, e.g. "target", or None without labels."""
+        return self.label_names[0] if self.label_names else None
 
 
 # -- telling file types apart ---------------------------------------------------------------
@@ -156,6 +164,13 @@ def read_path(path: str, options: dict) -> LoadedData:
     """Read the existing file or folder `path`, picking the format by its name; the options
     a format reads (size, mmap, label) are popped from `options`. Raises TrainerError."""
     p = Path(path)
+    loaded = _read(p, path, options)
+    loaded.name = p.resolve().name or path  # the file's own name, not the folder it lies in
+    return loaded
+
+
+def _read(p: Path, path: str, options: dict) -> LoadedData:
+    """read_path's work: the reader of p's format."""
     if p.is_dir():
         return _load_image_folder(p, options)
     if p.stat().st_size == 0:
@@ -163,8 +178,9 @@ def read_path(path: str, options: dict) -> LoadedData:
     suffix = p.name.lower()
     if suffix.endswith(".gz"):
         suffix = suffix[:-3]
+    names: dict[str, list[str]] = {}
     if suffix.endswith(".npz"):
-        x, y = _load_npz(p)
+        x, y, names = _load_npz(p)
     elif suffix.endswith(".npy"):
         x, y = _load_npy(p, options.pop("mmap", None)), None
     elif suffix.endswith(".csv"):
@@ -175,11 +191,16 @@ def read_path(path: str, options: dict) -> LoadedData:
         raise TrainerError(f"{path}: a single image is not a data set: give the folder that holds the images")
     else:
         raise TrainerError(f"{path}: unknown file type: use .npz, .npy, .csv, IDX files or a folder of images")
-    return _finish_array(p, x, y)
+    return _finish_array(p, x, y, names)
 
 
-def _finish_array(p: Path, x: np.ndarray, y: np.ndarray | None) -> LoadedData:
-    """Check an array of samples, infer image layout, scale integer images to [0, 1]."""
+def _default_feature_names(d: int) -> list[str]:
+    return [f"x{j + 1}" for j in range(d)]
+
+
+def _finish_array(p: Path, x: np.ndarray, y: np.ndarray | None, names: dict | None = None) -> LoadedData:
+    """Check an array of samples, infer image layout, scale integer images to [0, 1].
+    names: an .npz's optional string arrays feature_names, label_name, class_names."""
     if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
         raise TrainerError(f"{p}: the data is not numeric (dtype {x.dtype})")
     if np.issubdtype(x.dtype, np.complexfloating):
@@ -194,11 +215,16 @@ def _finish_array(p: Path, x: np.ndarray, y: np.ndarray | None) -> LoadedData:
     elif x.ndim > 4:
         raise TrainerError(f"{p}: arrays of {x.ndim} dimensions are not supported; use (N, D) or (N, C, H, W)")
     integer = np.issubdtype(x.dtype, np.integer) or x.dtype == bool
-    label_names = ["label"] if y is not None else []
+    names = names or {}
+    label_names = [(names.get("label_name") or ["label"])[0]] if y is not None else []
+    features = [] if is_image else names.get("feature_names") or _default_feature_names(math.prod(x.shape[1:]))
+    if not is_image and len(features) != math.prod(x.shape[1:]):
+        raise TrainerError(f"{p}: {len(features)} feature_names for {math.prod(x.shape[1:])} values per sample")
     if isinstance(x, np.memmap):  # a large .npy (see _load_npy): checked in chunks, read in batches
         rows = MappedRows(x, from_255=integer and is_image, name=str(p))
         rows.check_values(integer_images=integer and is_image)
-        return LoadedData(rows, None if y is None else _check_labels(p, y, len(rows)), label_names, is_image)
+        y, classes = (None, []) if y is None else _check_labels(p, y, len(rows), names.get("class_names"))
+        return LoadedData(rows, y, label_names, is_image, feature_names=features, class_names=classes)
     xf = np.asarray(x, dtype=np.float32)
     if not np.isfinite(xf).all():
         raise TrainerError(f"{p}: the data contains NaN or infinite values")
@@ -206,21 +232,26 @@ def _finish_array(p: Path, x: np.ndarray, y: np.ndarray | None) -> LoadedData:
         if xf.min() < 0 or xf.max() > 255:
             raise TrainerError(f"{p}: integer images must have values in 0..255")
         xf = xf / 255.0
+    classes: list[str] = []
     if y is not None:
-        y = _check_labels(p, y, len(xf))
-    return LoadedData(xf, y, label_names, is_image)
+        y, classes = _check_labels(p, y, len(xf), names.get("class_names"))
+    return LoadedData(xf, y, label_names, is_image, feature_names=features, class_names=classes)
 
 
-def _check_labels(p: Path, y: np.ndarray, n: int) -> np.ndarray:
+def _check_labels(p: Path, y: np.ndarray, n: int, class_names: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """(y (n, F) float64, class names): labels that are names are numbered in sorted order,
+    and their names kept (y == i is class_names[i]); numbers keep `class_names` as given."""
     y = np.asarray(y)
     if y.ndim == 0 or len(y) != n:
         raise TrainerError(f"{p}: {len(y) if y.ndim else 0} labels for {n} samples: labels must match the samples one to one")
+    classes = list(class_names or [])
     if not np.issubdtype(y.dtype, np.number):
-        _, y = np.unique(y.astype(str), return_inverse=True)
+        names, y = np.unique(y.astype(str), return_inverse=True)
+        classes = [str(c) for c in names]
     y = y.reshape(n, -1).astype(np.float64)
     if not np.isfinite(y).all():
         raise TrainerError(f"{p}: the labels contain NaN or infinite values")
-    return y
+    return y, classes
 
 
 # -- .npz and .npy --------------------------------------------------------------------------
@@ -244,7 +275,9 @@ def _load_npz(p: Path):
         with np.load(p, allow_pickle=False) as f:
             if "x" not in f.files:
                 raise TrainerError(f"{p}: the .npz has no array named 'x' (it has: {', '.join(f.files)[:100] or 'none'})")
-            return f["x"], (f["y"] if "y" in f.files else None)
+            names = {key: [str(v) for v in np.asarray(f[key]).reshape(-1)]
+                     for key in ("feature_names", "label_name", "class_names") if key in f.files}
+            return f["x"], (f["y"] if "y" in f.files else None), names
     except TrainerError:
         raise
     except ValueError as e:  # object arrays need pickle, which is never allowed
@@ -284,13 +317,16 @@ def _load_csv(p: Path, options: dict) -> LoadedData:
         raise TrainerError(f"{p}: the CSV has no data columns besides the labels")
     if not np.isfinite(x).all():
         raise TrainerError(f"{p}: the CSV contains NaN or infinite values")
+    features = [n for j, n in enumerate(header) if j != label_col] if header else _default_feature_names(x.shape[1])
     if label_col is None:
-        return LoadedData(x, None, [], False)
+        return LoadedData(x, None, [], False, feature_names=features)
     try:
         y = np.array([float(v) for v in labels])
     except ValueError:
         y = np.array(labels)  # names, numbered in sorted order by _check_labels
-    return LoadedData(x, _check_labels(p, y, len(x)), ["label"], False)
+    y, classes = _check_labels(p, y, len(x))
+    label_name = header[label_col] if header and header[label_col] else "label"
+    return LoadedData(x, y, [label_name], False, feature_names=features, class_names=classes)
 
 
 def _read_csv_rows(p: Path) -> list[list[str]]:
@@ -446,10 +482,12 @@ def _load_image_folder(folder: Path, options: dict) -> LoadedData:
         index = {c: i for i, c in enumerate(classes)}
         y = np.array([index[f.parent.relative_to(folder).as_posix()] for f in files], dtype=np.float64)[:, None]
     label_names = ["folder"] if y is not None else []
+    class_names = classes if y is not None else []  # the subfolders' names, y == i is classes[i]
     if use_mmap(folder, mmap_option, images.nbytes):
         # uint8 by construction: always finite and within 0..255, so no check pass
-        return LoadedData(MappedRows(images, from_255=True, name=str(folder)), y, label_names, True)
-    return LoadedData(images[:].astype(np.float32) / 255.0, y, label_names, True)
+        return LoadedData(MappedRows(images, from_255=True, name=str(folder)), y, label_names, True,
+                          class_names=class_names)
+    return LoadedData(images[:].astype(np.float32) / 255.0, y, label_names, True, class_names=class_names)
 
 
 def _walk(folder: Path):

@@ -11,6 +11,7 @@ config validation all read `LIKELIHOODS`.
     output_bias_start(mean_x)        the output bias that makes mean(out) the data's mean
     check_data(data)                 refuses a data set outside the likelihood's support
     has_sigma_dec                    whether sigma_dec (a noise scale) is a parameter of it
+    real_valued                      whether it is a density for any real x (standardisable)
 
 Adding a likelihood: write one subclass here, add it to LIKELIHOODS, and test it against
 torch.distributions.
@@ -32,6 +33,7 @@ class Likelihood:
     name: str = ""  # the registry key: the CLI's --likelihood choice and config.json's value
     help: str = ""  # one line for --help and the Train form
     has_sigma_dec: bool = False  # True: N(f(z), sigma_dec^2 I); sigma_dec is learned or fixed
+    real_valued: bool = False  # True: a density for any real x (so x may be standardised: trainer.preprocess)
 
     def log_prob(self, x_flat: torch.Tensor, out: torch.Tensor, log_sigma_dec: torch.Tensor) -> torch.Tensor:
         """log p(x|z) for x (N, D) and decoder output (..., N, D): (..., N), nats."""
@@ -56,6 +58,7 @@ class Gaussian(Likelihood):
     name = "gaussian"
     help = "N(f(z), sigma_dec^2 I) (eq 1.29), for any real-valued data"
     has_sigma_dec = True
+    real_valued = True
 
     def log_prob(self, x_flat, out, log_sigma_dec):
         # eq 1.33: -||x - f(z)||^2 / (2 sigma_dec^2) - (D/2) log(2 pi sigma_dec^2)

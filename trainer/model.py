@@ -10,6 +10,11 @@ Shapes: N = batch, D = data dimension (C*H*W for images), d = latent dimension.
     log_px_given_z(x, out)              -> log p(x|z) per sample, nats, constant included
     generate(n)                         -> n decoded prior samples (Fig 1.7)
 
+A model may hold a `Standardizer` (trainer.preprocess, `set_standardizer`): its networks then
+see x' = (x - m) / s, while x, decoded means and every log-density stay in the data's own
+units (log p(x|z) gets the change of variables' -sum_j log s_j). Without one (images, the
+built-ins) nothing is transformed.
+
 The likelihood is an object from `trainer.likelihoods.LIKELIHOODS`, the architecture a class
 from `ARCHITECTURES`, both picked by name; nothing else is ever imported from a config file.
 """
@@ -109,9 +114,37 @@ class VAE(nn.Module):
         else:
             fixed = float(cfg.sigma_dec) if self.likelihood.has_sigma_dec else 1.0
             self.register_buffer("log_sigma_dec", torch.tensor(math.log(fixed)))
+        # standardisation (set_standardizer): m and s (D,) float32, and -sum_j log s_j; not in
+        # the checkpoint's weights (it is saved as standardize.json), None for the data's own units
+        self.register_buffer("x_shift", None, persistent=False)
+        self.register_buffer("x_scale", None, persistent=False)
+        self.register_buffer("x_log_det", None, persistent=False)
+        self.standardizer = None  # the trainer.preprocess.Standardizer, or None
+
+    def set_standardizer(self, s) -> None:
+        """Let the networks see x' = (x - s.mean) / s.scale (trainer.preprocess.Standardizer,
+        D values), or None: x as it is."""
+        self.standardizer = s
+        if s is None:
+            self.x_shift = self.x_scale = self.x_log_det = None
+            return
+        if len(s.mean) != self.data_dim:
+            raise TrainerError(f"the standardisation has {len(s.mean)} values, the data {self.data_dim}")
+        device = self.log_sigma_dec.device
+        self.x_shift = torch.tensor(s.mean, dtype=torch.float32, device=device)  # (D,)
+        self.x_scale = torch.tensor(s.scale, dtype=torch.float32, device=device)  # (D,)
+        self.x_log_det = torch.tensor(s.log_det, dtype=torch.float32, device=device)  # -sum_j log s_j
+
+    def standardized(self, x_flat: torch.Tensor) -> torch.Tensor:
+        """x' = (x - m) / s for x (..., D) flat; x itself without a standardizer."""
+        if self.x_shift is None:
+            return x_flat
+        return (x_flat - self.x_shift) / self.x_scale
 
     # -- the three steps of pytorch/examples' VAE ---------------------------------------
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
+        if self.x_shift is not None:
+            x = self.standardized(x.reshape(len(x), -1)).reshape(x.shape)
         mu, raw_logvar = self.encoder_net(x)
         return DiagonalGaussian(mu, bounded_logvar(raw_logvar))
 
@@ -138,12 +171,16 @@ class VAE(nn.Module):
 
     def log_px_given_z(self, x_flat: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """log p(x|z) for x (N, D) and decoder output (..., N, D): (..., N), nats (the
-        likelihood's log_prob, normalising constant included)."""
-        return self.likelihood.log_prob(x_flat, out, self.log_sigma_dec)
+        likelihood's log_prob, normalising constant included). With a standardizer: the
+        density of x' plus -sum_j log s_j (change of variables), the density of x in its units."""
+        if self.x_shift is None:
+            return self.likelihood.log_prob(x_flat, out, self.log_sigma_dec)
+        return self.likelihood.log_prob(self.standardized(x_flat), out, self.log_sigma_dec) + self.x_log_det
 
     def decoder_mean(self, out: torch.Tensor) -> torch.Tensor:
-        """E[x|z] for decoder output (..., D): what a decoded image shows."""
-        return self.likelihood.mean(out)
+        """E[x|z] for decoder output (..., D): what a decoded image shows (data units)."""
+        mean = self.likelihood.mean(out)
+        return mean if self.x_shift is None else mean * self.x_scale + self.x_shift
 
     def init_from_data(self, x_train) -> None:
         """Start the decoder at the data (vae-math.md, practical points): the output bias at
@@ -156,6 +193,10 @@ class VAE(nn.Module):
             mean, var = x.mean(0), None
         else:  # x: the evenly spaced rows initial_sigma_dec would take, var: (D,) over all rows
             mean, var, x = x_train.column_stats()
+        if self.x_shift is not None:  # the networks' units: x' = (x - m) / s
+            shift, scale = self.x_shift.to(x.device), self.x_scale.to(x.device)
+            x, mean = (x - shift) / scale, (mean.to(x.device) - shift) / scale
+            var = None if var is None else var / scale.double().pow(2)
         with torch.no_grad():
             bias = self.output_bias()
             if bias is not None:

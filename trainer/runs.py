@@ -6,6 +6,9 @@ A run folder holds
   optim.safetensors  Adam's state and the RNG states, for --resume             } writes and
   train_state.json   epoch and step of the saved checkpoint                    } loads these
   metrics.jsonl      one JSON line per epoch
+  data.json          the data's names: name (the file's own), feature_names, label_name,
+                     label_names, class_names (read_data_info)
+  standardize.json   the columns' means and scales, when the run standardises (preprocess.py)
   status.json        state (queued/running/done/failed/cancelled), epoch of epochs, pid,
                      heartbeat time, message
   .lock              held (flock) by the one process training into the folder
@@ -61,6 +64,27 @@ def _config_from(path: Path, raw: Any) -> RunConfig:
         return RunConfig.from_dict(raw)
     except TrainerError as e:
         raise TrainerError(f"{path}: {e}") from None
+
+
+DATA_INFO = "data.json"  # the names of the run's data (trainer.data.Dataset.names)
+_DATA_INFO_LISTS = ("feature_names", "label_names", "class_names")
+
+
+def read_data_info(run_dir: Path) -> dict:
+    """data.json: {"name": str, "feature_names": [...], "label_name": str or None,
+    "label_names": [...], "class_names": [...]}; {} for a run without it (trained before
+    names were kept). Raises TrainerError for a damaged file."""
+    path = Path(run_dir) / DATA_INFO
+    if not path.exists():
+        return {}
+    info = read_json(path, DATA_INFO)
+    ok = (isinstance(info, dict) and isinstance(info.get("name", ""), str)
+          and (info.get("label_name") is None or isinstance(info.get("label_name"), str))
+          and all(isinstance(info.get(k, []), list) and all(isinstance(v, str) for v in info.get(k, []))
+                  for k in _DATA_INFO_LISTS))
+    if not ok:
+        raise TrainerError(f"{path}: damaged: expected name, feature_names, label_name, label_names, class_names")
+    return info
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

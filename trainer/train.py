@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from . import preprocess
 from .config import RunConfig
 from .data import Dataset
 from .elbo import Evaluation, elbo_terms, evaluate
@@ -80,6 +81,7 @@ class Trainer:
         self.device = device or pick_device(cfg.train.device)
         torch.manual_seed(cfg.train.seed)  # weight initialisation
         self.model = build_model(cfg.model, data.shape).to(self.device)
+        self.model.set_standardizer(preprocess.for_training(cfg, data))  # None: the data's own units
         self.model.init_from_data(data.x_train)
         self.model.to(self.device)
         self.x_train = data.x_train.to(self.device)

@@ -78,3 +78,37 @@ def linear_gaussian_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "linear-gaussian"
     fit(small_config("linear-gaussian:d=4,n=2000", arch="linear", latent_dim=4, epochs=1), out)
     return out
+
+
+# -- real tables that ship with scikit-learn, written to CSV as a user would (issue 15) ------
+
+@pytest.fixture(scope="session")
+def tables(tmp_path_factory) -> dict[str, Path]:
+    """scikit-learn's wine (13 columns in their own units, proline ~1000, hue ~1; label column
+    `target`, numbers) and iris (4 columns; `target` as the class names), as CSV files with
+    their column names in a header row."""
+    from sklearn.datasets import load_iris, load_wine
+
+    folder = tmp_path_factory.mktemp("tables")
+    wine = load_wine(as_frame=True).frame
+    wine.to_csv(folder / "wine.csv", index=False)
+    iris = load_iris(as_frame=True)
+    frame = iris.frame.copy()
+    frame["target"] = [str(iris.target_names[t]) for t in iris.target]
+    frame.to_csv(folder / "iris.csv", index=False)
+    return {"wine": folder / "wine.csv", "iris": folder / "iris.csv"}
+
+
+@pytest.fixture(scope="session")
+def table_runs(tables, tmp_path_factory) -> dict[str, Path]:
+    """Runs with the defaults (but 20 epochs, one thread) on wine and iris, and the degenerate
+    case: wine unscaled, standardisation off, the default 50 epochs. About 3 s each."""
+    folder = tmp_path_factory.mktemp("table-runs")
+    runs = {}
+    for name, data, epochs, standardize in (("wine", "wine", 20, True), ("iris", "iris", 20, True),
+                                            ("wine-unscaled", "wine", 50, False)):
+        cfg = small_config(str(tables[data]), epochs=epochs)
+        cfg.standardize = standardize
+        fit(cfg, folder / name)
+        runs[name] = folder / name
+    return runs
