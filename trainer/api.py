@@ -27,7 +27,7 @@ import torch
 from . import checkpoints, distributed, fileio, likelihoods, preprocess, run_names, runs
 from .config import RunConfig
 from .data import Dataset, load_dataset
-from .elbo import elbo_terms, evaluate, log_px
+from .elbo import elbo_terms, evaluate, log_px, log_px_and_se, reliability
 from .errors import TrainerError
 from .model import VAE, DiagonalGaussian
 from .train import Callbacks, NonFiniteLoss, pick_device, set_threads
@@ -328,12 +328,18 @@ class Run:
     @torch.no_grad()
     def elbo_terms(self, x, mc_samples: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
         gen = torch.Generator().manual_seed(seed)
-        return elbo_terms(self.model, self._x(x), mc_samples, gen)
+        return elbo_terms(self.model, self._x(x), mc_samples, gen, with_se=True)  # recon_se when M >= 2
 
     @torch.no_grad()
     def log_px(self, x, k: int = 1000, seed: int = 0) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed)
         return log_px(self.model, self._x(x), k, gen)
+
+    @torch.no_grad()
+    def log_px_and_se(self, x, k: int = 1000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """log_px's estimate and its Monte Carlo standard error, (N,) each, float64 nats."""
+        gen = torch.Generator().manual_seed(seed)
+        return log_px_and_se(self.model, self._x(x), k, gen)
 
     @torch.no_grad()
     def generate(self, n: int, seed: int = 0) -> torch.Tensor:
@@ -366,6 +372,12 @@ def evaluate_run(run: Run, split: str = "test", k: int = 1000, mc_samples: int =
     ev = evaluate(model, x, mc_samples, seed, batch_size, k=k, exact_log_px=data.exact_log_px)
     out = {"n": ev.n, "split": split, "k": k, "mc_samples": mc_samples, **ev.means()}
     out["gap"] = out["log_px"] - out["elbo"]
+    # standard errors of the means (elbo_se, recon_se, kl_se, log_px_se, gap_se, ...), the draws
+    # behind each figure (recon and elbo: mc_samples of z per sample; log_px: k; kl: closed
+    # form) and whether the means can be shown as numbers (None, or "unreliable: why")
+    out.update(ev.standard_errors())
+    out["draws"] = {"recon": mc_samples, "elbo": mc_samples, "kl": 0, "log_px": k}
+    out["reliability"] = reliability(out["log_px"], out["elbo"], out["gap_se"])
     out["active_units"] = ev.active_units
     out["kl_per_dim"] = ev.kl_per_dim_mean()
     if run.model.likelihood.has_sigma_dec:

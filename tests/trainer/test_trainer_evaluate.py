@@ -54,9 +54,10 @@ def test_shares_add_up_to_the_whole_evaluation():
     model, x = small_model(2), torch.randn(95, 6, dtype=torch.float64)
     whole = evaluate(model, x, seed=3, batch_size=20)
     shares = [evaluate(model, x, seed=3, batch_size=20, share=(r, 3)) for r in range(3)]
-    flats = [torch.cat([s.sums, s.kl_per_dim, s.mu_sum, s.mu_sq_sum]) for s in shares]
+    flats = [torch.cat([s.sums, s.sq_sums, s.kl_per_dim, s.mu_sum, s.mu_sq_sum]) for s in shares]
     total = shares[0].reduced(lambda t: sum(flats))
     torch.testing.assert_close(total.sums, whole.sums)
+    torch.testing.assert_close(total.sq_sums, whole.sq_sums)
     torch.testing.assert_close(total.kl_per_dim, whole.kl_per_dim)
     assert torch.equal(total.active_dims(), whole.active_dims())
     assert all(not torch.equal(s.sums, whole.sums) for s in shares)  # each alone is only a part
@@ -67,6 +68,6 @@ def test_log_px_and_an_exact_density_are_added_when_asked_for():
     exact = lambda xs: -0.5 * xs.pow(2).sum(-1)  # noqa: E731 - any per-sample function of the CPU batch
     ev = evaluate(model, x, k=50, exact_log_px=exact, batch_size=7)
     means = ev.means()
-    assert ev.keys == ("elbo", "recon", "kl", "log_px", "exact_log_px")
+    assert ev.keys == ("elbo", "recon", "kl", "log_px", "gap", "exact_log_px")
     assert abs(means["exact_log_px"] - float(exact(x).mean())) < 1e-12
     assert means["log_px"] > means["elbo"]  # K = 50 importance samples tighten the bound
