@@ -137,3 +137,24 @@ def test_names_survive_into_the_run(table_runs, tables):
             y = ds.y_train[:, 0]
             petal = ds.x_train[:, 2].numpy()
             assert petal[y == 0].max() < petal[y == 1].min()
+
+
+def test_names_of_an_npz_and_an_image_folder_are_kept(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "table.npz", x=rng.normal(size=(20, 3)), y=np.array(["b", "a"] * 10),
+             feature_names=np.array(["height", "width", "depth"]), label_name=np.array(["kind"]))
+    ds = load_dataset(str(tmp_path / "table.npz"), 0)
+    assert ds.feature_names == ["height", "width", "depth"] and ds.label_name == "kind"
+    assert ds.class_names == ["a", "b"] and ds.display_name == "table.npz"
+    np.savez(tmp_path / "plain.npz", x=rng.normal(size=(20, 3)))
+    plain = load_dataset(str(tmp_path / "plain.npz"), 0)
+    assert plain.feature_names == ["x1", "x2", "x3"] and plain.label_name is None
+    for cls in ("cats", "dogs"):
+        (tmp_path / "pets" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (6, 6), dtype=np.uint8)).save(tmp_path / "pets" / cls / f"{i}.png")
+    images = load_dataset(str(tmp_path / "pets"), 0)
+    assert images.class_names == ["cats", "dogs"] and images.display_name == "pets"
+    assert images.feature_names == [] and images.label_name == "folder"
