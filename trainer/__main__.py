@@ -1,4 +1,4 @@
-"""Command line: python -m trainer fit | eval | sample  (see --help of each).
+"""Command line: python -m trainer fit | eval | sample | export | import | encode  (see --help of each).
 
 Exit status: 0 on success, 2 with a one-line message on stderr for a user error (bad
 arguments, bad data, a bad run folder), 1 for a run that failed while training.
@@ -122,6 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=64)
     s.add_argument("--out", required=True, help="PNG file to write")
     s.add_argument("--seed", type=int, default=0)
+
+    # a run as one file, and its codes as a table (trainer.bundle)
+    x = sub.add_parser("export", help="write a run folder as one zip (JSON and safetensors files)")
+    x.add_argument("run_dir")
+    x.add_argument("--out", required=True, help="zip file to write")
+    i = sub.add_parser("import", help="check a zip written by export and unpack it into a runs folder")
+    i.add_argument("bundle", help="the zip file")
+    i.add_argument("--runs", required=True, help="the runs folder to put the run in (must exist)")
+    c = sub.add_parser("encode", help="the test set's codes as CSV: mu, logvar, labels, ELBO terms per sample")
+    c.add_argument("run_dir")
+    c.add_argument("--out", required=True, help="CSV file to write")
+    c.add_argument("--split", choices=["test", "train"], default="test")
+    c.add_argument("--k", type=int, default=0, help="importance samples for a log_px column (0: none)")
+    c.add_argument("--mc-samples", type=int, default=1)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--threads", type=int, default=1)
     return p
 
 
@@ -234,6 +250,36 @@ def cmd_sample(a) -> int:
     return 0
 
 
+def cmd_export(a) -> int:
+    from .bundle import export_run
+
+    print(f"wrote {export_run(a.run_dir, a.out)}", file=sys.stderr)
+    return 0
+
+
+def cmd_import(a) -> int:
+    from .bundle import import_bundle
+
+    print(f"imported {import_bundle(a.bundle, a.runs)}", file=sys.stderr)
+    return 0
+
+
+def cmd_encode(a) -> int:
+    from .bundle import encode_run
+    from .train import set_threads
+
+    if not 0 <= a.k <= 100_000:
+        raise TrainerError("--k must be between 0 (no log_px column) and 100000")
+    if not 1 <= a.mc_samples <= 1000:
+        raise TrainerError("--mc-samples must be between 1 and 1000")
+    _check_seed(a.seed)
+    if not 0 <= a.threads <= 1024:
+        raise TrainerError("--threads must be between 0 (all cores) and 1024")
+    set_threads(a.threads)
+    print(f"wrote {encode_run(a.run_dir, a.out, a.split, a.k, a.mc_samples, a.seed)}", file=sys.stderr)
+    return 0
+
+
 def _rank() -> int:
     """This process's torchrun rank (0 when not launched by torchrun); no torch import."""
     import os
@@ -260,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         a = build_parser().parse_args(argv)
         a.argv = list(sys.argv[1:] if argv is None else argv)  # fit --nproc passes it on to torchrun
-        return {"fit": cmd_fit, "eval": cmd_eval, "sample": cmd_sample}[a.command](a)
+        return {"fit": cmd_fit, "eval": cmd_eval, "sample": cmd_sample, "export": cmd_export,
+                "import": cmd_import, "encode": cmd_encode}[a.command](a)
     except TrainerError as e:
         failed = type(e).__name__ in ("NonFiniteLoss", "PeersLost")
         if _rank() > 0:  # under torchrun rank 0 speaks for the run; the others say it apart
