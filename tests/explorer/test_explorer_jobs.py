@@ -41,12 +41,14 @@ def every_field_changed() -> RunConfig:
                                       sigma_dec=0.25, conv_channels=[4, 8]),
                     train=TrainConfig(epochs=7, batch_size=32, lr=3e-4, beta=4.0, kl_warmup=2, mc_samples=3,
                                       seed=11, device="cpu", threads=2, world_size=2),
-                    data_shape=[2], versions={"torch": "0"})
+                    standardize=False, data_shape=[2], versions={"torch": "0"})
     default = RunConfig()
     for section in ("model", "train"):
         for f in dataclasses.fields(getattr(cfg, section)):
             assert getattr(getattr(cfg, section), f.name) != getattr(getattr(default, section), f.name), f.name
-    assert [f.name for f in dataclasses.fields(RunConfig)] == ["data", "model", "train", "data_shape", "versions"]
+    assert cfg.standardize != default.standardize
+    assert [f.name for f in dataclasses.fields(RunConfig)] == ["data", "model", "train", "standardize", "data_shape",
+                                                               "versions"]
     return cfg
 
 

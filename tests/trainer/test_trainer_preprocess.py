@@ -158,3 +158,19 @@ def test_names_of_an_npz_and_an_image_folder_are_kept(tmp_path):
     images = load_dataset(str(tmp_path / "pets"), 0)
     assert images.class_names == ["cats", "dogs"] and images.display_name == "pets"
     assert images.feature_names == [] and images.label_name == "folder"
+
+
+def test_a_standardised_run_resumes_to_the_numbers_of_an_uninterrupted_one(tables, tmp_path):
+    from tests.trainer.conftest import small_config
+    from trainer import fit
+    from trainer.runs import read_metrics
+
+    fit(small_config(str(tables["iris"]), epochs=4), tmp_path / "straight")
+    fit(small_config(str(tables["iris"]), epochs=2), tmp_path / "resumed")
+    fit(small_config(str(tables["iris"]), epochs=4), tmp_path / "resumed", resume=True)
+    keys = ("test_elbo", "test_recon", "test_kl", "train_elbo")
+    rows = [[{k: r[k] for k in keys} for r in read_metrics(tmp_path / d)] for d in ("straight", "resumed")]
+    assert rows[0] == rows[1]
+    a, b = (load_run(tmp_path / d).model.state_dict() for d in ("straight", "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "straight" / "standardize.json").read_bytes() == (tmp_path / "resumed" / "standardize.json").read_bytes()
