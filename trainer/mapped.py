@@ -208,8 +208,9 @@ class MappedRows:
             if integer_images and (block.min() < 0 or block.max() > 255):
                 raise TrainerError(f"{self.name}: integer images must have values in 0..255")
 
-    def column_stats(self, max_rows: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-value mean (D,) float32 and variance (D,) float64 over the rows (1/N, as
+    def column_stats(self, max_rows: int = 1024, mean_dtype: torch.dtype = torch.float32
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-value mean (D,) (float32, or mean_dtype) and variance (D,) float64 over the rows (1/N, as
         torch.var(unbiased=False)), merged chunk by chunk (Chan et al.), and at most `max_rows`
         evenly spaced rows (R, D), the same rows model.initial_sigma_dec takes from a tensor."""
         D = math.prod(self.array.shape[1:])
@@ -225,7 +226,7 @@ class MappedRows:
             n = total
         positions = np.arange(0, len(self.rows), max(1, len(self.rows) // max_rows))[:max_rows]
         sample = self._read(self.rows[positions], device="cpu").reshape(len(positions), D)
-        return mean.float(), m2 / max(n, 1), sample
+        return mean.to(mean_dtype), m2 / max(n, 1), sample
 
     # -- reading -------------------------------------------------------------------------------
     def _subset(self, rows: np.ndarray, device) -> "MappedRows":

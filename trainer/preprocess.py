@@ -84,16 +84,18 @@ def fit(x_train, columns: list[str] | None = None, where: str = "the data") -> S
         x = x_train.reshape(len(x_train), -1).double()
         mean, var = x.mean(0), x.var(0, unbiased=False)
     else:
-        mean, var, _ = x_train.column_stats()
-        mean = mean.double()
+        mean, var, _ = x_train.column_stats(mean_dtype=torch.float64)
     D = len(mean)
     names = list(columns) if columns and len(columns) == D else [f"x{j + 1}" for j in range(D)]
-    constant = [names[j] for j in torch.nonzero(~(var > 0)).flatten().tolist()]
+    sd = var.sqrt()
+    # zero variance, or only the rounding of a sum (chunked sums of a constant column differ
+    # from it by about 1e-16 relative; float32 data cannot vary by less than 6e-8 relative)
+    constant = [names[j] for j in torch.nonzero(~(sd > 1e-12 * mean.abs())).flatten().tolist()]
     if constant:
         shown = ", ".join(constant[:10]) + (f" and {len(constant) - 10} more" if len(constant) > 10 else "")
         raise TrainerError(f"{where}: column(s) {shown} have the same value in every training sample (zero "
                            "variance): remove them from the file, or train with --no-standardize")
-    return Standardizer(tuple(mean.tolist()), tuple(var.sqrt().tolist()), tuple(names))
+    return Standardizer(tuple(mean.tolist()), tuple(sd.tolist()), tuple(names))
 
 
 def for_training(cfg, data) -> Standardizer | None:

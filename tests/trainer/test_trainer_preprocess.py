@@ -174,3 +174,28 @@ def test_a_standardised_run_resumes_to_the_numbers_of_an_uninterrupted_one(table
     a, b = (load_run(tmp_path / d).model.state_dict() for d in ("straight", "resumed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "straight" / "standardize.json").read_bytes() == (tmp_path / "resumed" / "standardize.json").read_bytes()
+
+
+def test_data_read_from_disk_in_batches_is_standardised_alike(tmp_path):
+    """A .npy read a batch at a time (mmap=1): its column statistics are summed chunk by chunk
+    and give the in-memory standardisation; a constant column is refused there too."""
+    from trainer import preprocess
+
+    rng = np.random.default_rng(1)
+    x = np.column_stack([rng.normal(1000, 50, 3000), rng.normal(0, 0.01, 3000)]).astype(np.float32)
+    np.save(tmp_path / "t.npy", x)
+    whole = load_dataset(str(tmp_path / "t.npy"), 0)
+    lazy = load_dataset(str(tmp_path / "t.npy") + ":mmap=1", 0)
+    assert not isinstance(lazy.x_train, torch.Tensor)
+    a, b = preprocess.fit(whole.x_train), preprocess.fit(lazy.x_train)
+    assert np.allclose(a.mean, b.mean, rtol=1e-12) and np.allclose(a.scale, b.scale, rtol=1e-9)
+    x[:, 1] = 0.1  # a constant whose chunked sums are not exact in binary
+    np.save(tmp_path / "c.npy", x)
+    for spec in ("c.npy", "c.npy:mmap=1"):
+        data = load_dataset(str(tmp_path / spec), 0)
+        try:
+            preprocess.fit(data.x_train, data.feature_names, where=spec)
+        except Exception as e:  # noqa: BLE001 - the message is what is checked
+            assert "x2" in str(e) and "zero variance" in str(e)
+        else:
+            raise AssertionError(f"{spec}: a constant column was not refused")
