@@ -16,7 +16,8 @@ _HOMES = {
     "Run": "api", "fit": "api", "load_run": "api", "evaluate_run": "api",
     "RunConfig": "config", "ModelConfig": "config", "TrainConfig": "config",
     "Dataset": "data", "load_dataset": "data",
-    "elbo_terms": "elbo", "log_px": "elbo",
+    "elbo_terms": "elbo", "log_px": "elbo", "reliability": "elbo",
+    "export_run": "bundle", "import_bundle": "bundle", "encode_run": "bundle", "BundleError": "bundle",
     "TrainerError": "errors",
 }
 
