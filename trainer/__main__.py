@@ -232,6 +232,8 @@ def cmd_eval(a) -> int:
             if key in result:
                 print(f"  {key:13s} {result[key]:12.4f}")
         print(f"  active units  {result['active_units']} of {len(result['kl_per_dim'])}")
+        if result.get("reliability"):  # the means break a bound beyond their noise, or are not finite
+            print(f"  {result['reliability']}")
     return 0
 
 
