@@ -1,30 +1,37 @@
-"""Interpolate: two endpoints clicked on the map, the slider moved with the keyboard changes
-the decoded image, the URL's t and the profile's current-t line (the slider reruns only its
-fragment), and switching lerp/slerp changes the strip of decodes."""
+"""Interpolate: the slider t, the decoded image and the small map with z(t) are drawn in the
+page (explorer/components/interpolation). A drag redraws the image and moves z(t) on every
+input event with no websocket frame sent; the release sends t (the URL, the numbers and the
+profile's current-t line follow). Arrow keys move t. Endpoints are set by clicking codes on
+the component's map, and switching lerp/slerp changes the strip and the path on the map."""
 
 import re
 
 from tests.e2e import harness
 from tests.e2e.conftest import open_view
 
+DECODED = "decoded image at t"  # the contract: <canvas aria-label="decoded image at t">
+
 
 def endpoint(page, which: str) -> int:
     return int(harness.keyed(page, f"endpoint_{which}").locator("input").input_value())
 
 
-def click_sample(page, chart, exclude: set[int]) -> int:
-    """Click the most isolated test point of the map (not one in `exclude`); its index."""
-    chart.locator("canvas").first.wait_for()
-    chart.scroll_into_view_if_needed()
-    points = harness.sample_points(chart)
-    i = harness.isolated_point(points, exclude)
-    page.mouse.click(*points[i])
-    return i
+def t_slider(page):
+    """The contract's slider: a native <input type="range"> whose accessible name is t."""
+    return page.get_by_role("slider", name="t", exact=True)
 
 
-def decoded_image(page):
-    return page.locator('[data-testid="stImage"]').filter(
-        has=page.get_by_text(re.compile(r"^f\(z\(t\)\), the decoder's mean image at t = "))).locator("img").first
+def decoded_canvas(page):
+    return page.locator(f'canvas[aria-label="{DECODED}"]')
+
+
+def path_map(page):
+    return page.locator("canvas.vae-interp-mapcanvas")
+
+
+def pixels(canvas) -> str:
+    """What a canvas shows, as a PNG data: URL (equal strings: equal pixels)."""
+    return canvas.evaluate("c => c.toDataURL('image/png')")
 
 
 def strip_image(page):
@@ -38,51 +45,65 @@ def current_t_marks(page) -> list[float]:
         "el => (el._fullLayout.shapes || []).filter(s => s.name === 'current t').map(s => s.x0)")
 
 
-def test_interpolate_endpoints_keyboard_slider_and_path(page, app, trained_run, screenshot_dirs):
+def count_sent_frames(page) -> list:
+    """Every websocket frame the page sends from now on (register before page.goto)."""
+    sent = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(payload)))
+    return sent
+
+
+def wait_url_t(page, t: str) -> None:
+    page.wait_for_function(f"() => new URLSearchParams(location.search).get('t') === '{t}'")
+
+
+def test_a_drag_redraws_in_the_page_without_traffic_and_the_release_sends_t(page, app, trained_run):
+    sent = count_sent_frames(page)
     open_view(page, app, "interpolate", "Interpolate", run=trained_run.name)
-    chart = harness.keyed(page, "interp_map_chart")
+    slider, image, themap = t_slider(page), decoded_canvas(page), path_map(page)
+    assert slider.evaluate("e => [e.tagName, e.type]") == ["INPUT", "range"]
+    assert image.count() == 1 and image.evaluate("e => e.tagName") == "CANVAS"
+    page.wait_for_function("() => document.querySelector('.vae-interp').dataset.pathId")
+    assert slider.input_value() == "0.50" or slider.input_value() == "0.5"
+    harness.wait_idle(page)
+    metrics_before = harness.metrics(page)
 
-    # Endpoints: a click on the map sets A, the next click sets B.
-    a = click_sample(page, chart, exclude={endpoint(page, "a"), endpoint(page, "b")})
-    page.wait_for_function(f"() => document.querySelector('.st-key-endpoint_a input').value === '{a}'")
-    harness.wait_idle(page)
-    b = click_sample(page, chart, exclude={a, endpoint(page, "b")})
-    page.wait_for_function(f"() => document.querySelector('.st-key-endpoint_b input').value === '{b}'")
-    harness.wait_idle(page)
-    assert (endpoint(page, "a"), endpoint(page, "b")) == (a, b)
-    assert f"a={a}" in page.url and f"b={b}" in page.url
-    names = [t["name"] for t in harness.plotly_traces(chart)]
-    assert "endpoint A" in names and "endpoint B" in names and "path (lerp)" in names
+    # Input events only (what a drag fires): every step draws new pixels, nothing is sent.
+    before = len(sent)
+    seen_image, seen_map = {pixels(image)}, {pixels(themap)}
+    for value in ("0.10", "0.20", "0.30", "0.80"):
+        slider.evaluate("(e, v) => { e.value = v; e.dispatchEvent(new Event('input', {bubbles: true})); }", value)
+        assert image.get_attribute("data-frame") == str(round(float(value) * 100))
+        seen_image.add(pixels(image))
+        seen_map.add(pixels(themap))
+    assert len(seen_image) == 5, "the decoded image did not change at every input event"
+    assert len(seen_map) == 5, "z(t) did not move on the map at every input event"
 
-    # The slider, moved with the keyboard: the decoded image at t changes.
-    page.get_by_role("heading", name="Decoded at t = 0.50").wait_for()
-    before = harness.image_digest(page, decoded_image(page))
-    slider = harness.keyed(page, "interp_t").get_by_role("slider")
-    slider.focus()
-    for _ in range(5):
-        slider.press("ArrowLeft")
-    page.get_by_role("heading", name="Decoded at t = 0.45").wait_for()
+    # A real mouse drag: down on the thumb, moves, the image follows while the button is held.
+    slider.scroll_into_view_if_needed()
+    box = slider.bounding_box()
+    y = box["y"] + box["height"] / 2
+    x_at = lambda t: box["x"] + 8 + t * (box["width"] - 16)  # noqa: E731 (the thumb's centre at t)
+    slider.evaluate("e => { e.value = '0.5'; e.dispatchEvent(new Event('input', {bubbles: true})); }")
+    page.mouse.move(x_at(0.5), y)
+    page.mouse.down()
+    shown = set()
+    for t in (0.55, 0.65, 0.75, 0.85, 0.7):
+        page.mouse.move(x_at(t), y, steps=3)
+        shown.add(pixels(image))
+    page.wait_for_timeout(500)  # anything the drag would send has had time to go
+    assert len(sent) == before, f"{len(sent) - before} websocket frames were sent during the drag"
+    assert len(shown) >= 4, "the decoded image did not follow the drag"
+
+    # The release: t goes to the server once; the URL, the numbers and the profile follow.
+    page.mouse.up()
+    released = slider.input_value()
+    assert abs(float(released) - 0.7) <= 0.03
+    wait_url_t(page, f"{float(released):.2f}")
     harness.wait_idle(page)
-    assert slider.evaluate("e => e.value") == "0.45"
-    after = harness.image_digest(page, decoded_image(page))
-    assert after != before, "the decoded image did not change when t moved from 0.50 to 0.45"
-    assert "t=0.45" in page.url  # written by the slider's fragment, which app.py does not wrap
+    assert len(sent) > before, "the release sent nothing"
+    page.get_by_role("heading", name=f"At t = {float(released):.2f}").wait_for()
+    assert harness.metrics(page) != metrics_before
     marks = current_t_marks(page)
-    assert marks and all(abs(x - 0.45) < 1e-9 for x in marks), f"the profile marks t at {marks}, not 0.45"
-    slider.press("End")
-    page.get_by_role("heading", name="Decoded at t = 1.00").wait_for()
-    harness.wait_idle(page)
-    at_b = harness.image_digest(page, decoded_image(page))
-    assert at_b not in (before, after)
-
-    # lerp -> slerp: the strip of decodes changes, and so does the path on the map.
-    strip_lerp = harness.image_digest(page, strip_image(page))
-    harness.keyed(page, "interp_path").get_by_text("slerp", exact=True).click()
-    page.wait_for_function("() => location.search.includes('path=slerp')")
-    harness.wait_idle(page)
-    assert harness.keyed(page, "interp_path").get_by_role("radio", name="slerp").is_checked()
-    strip_slerp = harness.image_digest(page, strip_image(page))
-    assert strip_slerp != strip_lerp, "switching lerp -> slerp did not change the strip"
-    assert "path (slerp)" in [t["name"] for t in harness.plotly_traces(chart)]
+    assert marks and all(abs(x - float(released)) < 1e-9 for x in marks), marks
+    assert slider.input_value() == released, "the rerun after the release moved the slider"
     harness.assert_no_traceback(page)
-    harness.screenshot(page, "interpolate")
