@@ -65,9 +65,10 @@ def map_subsample(n: int, keep: tuple[int, ...], limit: int = MAP_POINTS) -> np.
     """The codes the map shows: all n, or `limit` of them at random (seed 0) with `keep` among them."""
     if n <= limit:
         return np.arange(n)
-    rng = np.random.default_rng(0)
-    chosen = set(rng.choice(n, size=limit - len(keep), replace=False).tolist()) | set(keep)
-    return np.array(sorted(chosen))
+    keep = sorted(set(keep))
+    others = np.setdiff1d(np.arange(n), keep)
+    chosen = np.random.default_rng(0).choice(others, size=limit - len(keep), replace=False)
+    return np.sort(np.concatenate([chosen, keep]))
 
 
 def payload(frames: explore.PathFrames, is_image: bool, points: np.ndarray, path_xy: np.ndarray,

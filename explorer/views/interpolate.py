@@ -216,7 +216,8 @@ def strip(enc: explore.Encoded, frames: explore.PathFrames, strip_n: int) -> Non
     st.subheader(f"The path in {strip_n} steps")
     if enc.is_image:
         st.image(pictures.png(frames.images[idx], ncols=strip_n, size=90),
-                 caption="t = " + ", ".join(f"{frames.t[j]:.2f}" for j in idx))
+                 caption="t = " + ", ".join(f"{frames.t[j]:.2f}" for j in idx),
+                 alt=f"the path decoded in {strip_n} steps from A to B")
     else:
         st.dataframe({f"t={frames.t[j]:.2f}": frames.images[j].ravel() for j in idx})
 

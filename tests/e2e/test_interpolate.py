@@ -5,6 +5,9 @@ profile's current-t line follow). Arrow keys move t. Endpoints are set by clicki
 the component's map, and switching lerp/slerp changes the strip and the path on the map."""
 
 import re
+import shutil
+
+import pytest
 
 from tests.e2e import harness
 from tests.e2e.conftest import open_view
@@ -106,4 +109,122 @@ def test_a_drag_redraws_in_the_page_without_traffic_and_the_release_sends_t(page
     marks = current_t_marks(page)
     assert marks and all(abs(x - float(released)) < 1e-9 for x in marks), marks
     assert slider.input_value() == released, "the rerun after the release moved the slider"
+    harness.assert_no_traceback(page)
+
+
+def test_arrow_keys_move_t_and_each_key_press_is_sent(page, app, trained_run):
+    open_view(page, app, "interpolate", "Interpolate", run=trained_run.name, t="0.50")
+    slider, image = t_slider(page), decoded_canvas(page)
+    page.wait_for_function("() => document.querySelector('.vae-interp').dataset.pathId")
+    before = pixels(image)
+    slider.focus()
+    for _ in range(5):
+        slider.press("ArrowLeft")
+    assert slider.input_value() == "0.45" and image.get_attribute("data-frame") == "45"
+    after = pixels(image)
+    assert after != before, "the decoded image did not change when t moved from 0.50 to 0.45"
+    wait_url_t(page, "0.45")  # a key press is a whole move: input, then change (sent)
+    page.get_by_role("heading", name="At t = 0.45").wait_for()
+    harness.wait_idle(page)
+    marks = current_t_marks(page)
+    assert marks and all(abs(x - 0.45) < 1e-9 for x in marks), f"the profile marks t at {marks}, not 0.45"
+    slider.press("End")
+    wait_url_t(page, "1.00")
+    harness.wait_idle(page)
+    assert slider.input_value() == "1" and image.get_attribute("data-frame") == "100"
+    assert pixels(image) not in (before, after)
+
+    # Another page and back: the page's t comes back with it.
+    page.get_by_role("link", name="Latent map").click()
+    page.get_by_role("heading", name="Latent map", exact=True).wait_for()
+    harness.wait_idle(page)
+    page.get_by_role("link", name="Interpolate").click()
+    page.get_by_role("heading", name="At t = 1.00").wait_for()
+    harness.wait_idle(page)
+    assert t_slider(page).input_value() == "1" and decoded_canvas(page).get_attribute("data-frame") == "100"
+    harness.assert_no_traceback(page)
+
+
+def click_sample(page, exclude: set[int]) -> int:
+    """Click the most isolated code of the component's map (not one in `exclude`); its index."""
+    themap = path_map(page)
+    themap.scroll_into_view_if_needed()
+    points = {int(k): tuple(v) for k, v in themap.evaluate("c => c.samplePositions()").items()}
+    i = harness.isolated_point(points, exclude)
+    page.mouse.click(*points[i])
+    return i
+
+
+def test_endpoints_clicked_on_the_map_and_lerp_to_slerp(page, app, trained_run, screenshot_dirs):
+    open_view(page, app, "interpolate", "Interpolate", run=trained_run.name)
+    page.wait_for_function("() => document.querySelector('.vae-interp').dataset.pathId")
+    first_path = page.locator(".vae-interp").get_attribute("data-path-id")
+
+    # A click on a code sets A, the next click sets B; the path is decoded anew for them.
+    a = click_sample(page, exclude={endpoint(page, "a"), endpoint(page, "b")})
+    page.wait_for_function(f"() => document.querySelector('.st-key-endpoint_a input').value === '{a}'")
+    harness.wait_idle(page)
+    b = click_sample(page, exclude={a, endpoint(page, "b")})
+    page.wait_for_function(f"() => document.querySelector('.st-key-endpoint_b input').value === '{b}'")
+    harness.wait_idle(page)
+    assert (endpoint(page, "a"), endpoint(page, "b")) == (a, b)
+    assert f"a={a}" in page.url and f"b={b}" in page.url
+    lerp_path = page.locator(".vae-interp").get_attribute("data-path-id")
+    assert lerp_path != first_path, "the component was not sent the new path"
+    lerp_map = pixels(path_map(page))
+
+    # lerp -> slerp: the strip of decodes changes, and so does the path on the map.
+    strip_lerp = harness.image_digest(page, strip_image(page))
+    harness.keyed(page, "interp_path").get_by_text("slerp", exact=True).click()
+    page.wait_for_function("() => location.search.includes('path=slerp')")
+    page.wait_for_function(f"() => document.querySelector('.vae-interp').dataset.pathId !== '{lerp_path}'")
+    harness.wait_idle(page)
+    assert harness.keyed(page, "interp_path").get_by_role("radio", name="slerp").is_checked()
+    assert harness.image_digest(page, strip_image(page)) != strip_lerp, "switching lerp -> slerp did not change the strip"
+    assert pixels(path_map(page)) != lerp_map, "the map did not draw the slerp path"
+    assert "slerp path" in page.locator(".vae-interp-mapcaption").inner_text()
+
+    # Every image has an accessible name.
+    unnamed = page.evaluate("""() => Array.from(document.querySelectorAll('[data-testid="stMain"] img, '
+        + '[data-testid="stMain"] canvas[role="img"], .vae-interp canvas'))
+        .filter(e => !(e.getAttribute('aria-label') || e.getAttribute('alt') || '').trim()).map(e => e.outerHTML.slice(0, 80))""")
+    assert not unnamed, unnamed
+    harness.assert_no_traceback(page)
+    harness.screenshot(page, "interpolate")
+
+
+@pytest.fixture
+def points_run(app):
+    """A small run on 2-D points that are not images (gmm2d), removed afterwards so that the
+    default run stays the newest for the other tests."""
+    from trainer import RunConfig, fit
+
+    cfg = RunConfig(data="gmm2d:n=300")
+    cfg.model.hidden = [32]
+    cfg.train.epochs, cfg.train.threads = 2, 1
+    path = app.runs_dir / "interp-points"
+    fit(cfg, path)
+    yield path.name
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_data_that_is_not_an_image_is_drawn_as_bars_that_follow_the_drag(page, app, points_run):
+    sent = count_sent_frames(page)
+    open_view(page, app, "interpolate", "Interpolate", run=points_run)
+    page.wait_for_function("() => document.querySelector('.vae-interp').dataset.pathId")
+    harness.wait_idle(page)
+    bars = page.get_by_role("img", name="decoded values at t", exact=True)
+    assert bars.count() == 1 and decoded_canvas(page).count() == 0
+    before = len(sent)
+    seen = {pixels(bars)}
+    for value in ("0.00", "0.30", "0.60", "1.00"):
+        t_slider(page).evaluate("(e, v) => { e.value = v; e.dispatchEvent(new Event('input', {bubbles: true})); }",
+                                value)
+        seen.add(pixels(bars))
+    page.wait_for_timeout(300)
+    assert len(seen) >= 4 and len(sent) == before
+    t_slider(page).evaluate("e => e.dispatchEvent(new Event('change', {bubbles: true}))")
+    wait_url_t(page, "1.00")
+    page.get_by_role("heading", name="At t = 1.00").wait_for()
+    harness.wait_idle(page)
     harness.assert_no_traceback(page)
