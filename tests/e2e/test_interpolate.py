@@ -48,10 +48,17 @@ def current_t_marks(page) -> list[float]:
         "el => (el._fullLayout.shapes || []).filter(s => s.name === 'current t').map(s => s.x0)")
 
 
-def count_sent_frames(page) -> list:
-    """Every websocket frame the page sends from now on (register before page.goto)."""
+def count_sent_frames(page, received: list | None = None) -> list:
+    """Every websocket frame the page sends from now on (register before page.goto); the
+    frames it receives go to `received` if given."""
     sent = []
-    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(payload)))
+
+    def watch(ws):
+        ws.on("framesent", lambda payload: sent.append(payload))
+        if received is not None:
+            ws.on("framereceived", lambda payload: received.append(payload))
+
+    page.on("websocket", watch)
     return sent
 
 
@@ -60,7 +67,8 @@ def wait_url_t(page, t: str) -> None:
 
 
 def test_a_drag_redraws_in_the_page_without_traffic_and_the_release_sends_t(page, app, trained_run):
-    sent = count_sent_frames(page)
+    received = []
+    sent = count_sent_frames(page, received)
     open_view(page, app, "interpolate", "Interpolate", run=trained_run.name)
     slider, image, themap = t_slider(page), decoded_canvas(page), path_map(page)
     assert slider.evaluate("e => [e.tagName, e.type]") == ["INPUT", "range"]
@@ -98,6 +106,9 @@ def test_a_drag_redraws_in_the_page_without_traffic_and_the_release_sends_t(page
     assert len(shown) >= 4, "the decoded image did not follow the drag"
 
     # The release: t goes to the server once; the URL, the numbers and the profile follow.
+    path_id = page.locator(".vae-interp").get_attribute("data-path-id").encode()
+    assert any(path_id in bytes(f, "utf-8") if isinstance(f, str) else path_id in f for f in received)
+    got = len(received)
     page.mouse.up()
     released = slider.input_value()
     assert abs(float(released) - 0.7) <= 0.03
@@ -109,6 +120,8 @@ def test_a_drag_redraws_in_the_page_without_traffic_and_the_release_sends_t(page
     marks = current_t_marks(page)
     assert marks and all(abs(x - float(released)) < 1e-9 for x in marks), marks
     assert slider.input_value() == released, "the rerun after the release moved the slider"
+    again = [f for f in received[got:] if path_id in (f.encode() if isinstance(f, str) else f)]
+    assert not again, "the release made the server send the path's decoded steps again"
     harness.assert_no_traceback(page)
 
 

@@ -29,6 +29,7 @@ export default function (component) {
   layout(kept);
   draw(kept);
   root.dataset.pathId = header.id;
+  root.dataset.messageBytes = String(data.length);
   return kept.cleanup;
 }
 
