@@ -7,6 +7,7 @@ the component's map, and switching lerp/slerp changes the strip and the path on 
 import re
 import shutil
 
+import numpy as np
 import pytest
 
 from tests.e2e import harness
@@ -48,6 +49,29 @@ def current_t_marks(page) -> list[float]:
         "el => (el._fullLayout.shapes || []).filter(s => s.name === 'current t').map(s => s.x0)")
 
 
+def decoded_frames(run_dir, a: int, b: int, method: str) -> np.ndarray:
+    """The path's frames (T, H, W, C) uint8 as the page should show them, computed in this
+    process from the run folder (the test set encoded, z(t) decoded)."""
+    from explorer.services import explore, path_payload
+    from trainer import load_run
+
+    run = load_run(run_dir)
+    enc = explore.encode_test(run)
+    return path_payload.frames_uint8(explore.path_frames(run, enc.mu[a], enc.mu[b], method).images)
+
+
+def shown_frame(canvas, h: int, w: int) -> np.ndarray:
+    """The grey level the canvas shows at the centre of each of the image's h x w pixels."""
+    return np.array(canvas.evaluate("""(c, [h, w]) => {
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data, out = [];
+        for (let i = 0; i < h; i++) for (let j = 0; j < w; j++) {
+            const x = Math.floor((j + 0.5) * c.width / w), y = Math.floor((i + 0.5) * c.height / h);
+            out.push(d[4 * (y * c.width + x)]);
+        }
+        return out;
+    }""", [h, w]), dtype=np.uint8).reshape(h, w)
+
+
 def count_sent_frames(page, received: list | None = None) -> list:
     """Every websocket frame the page sends from now on (register before page.goto); the
     frames it receives go to `received` if given."""
@@ -87,6 +111,10 @@ def test_a_drag_redraws_in_the_page_without_traffic_and_the_release_sends_t(page
         seen_image.add(pixels(image))
         seen_map.add(pixels(themap))
     assert len(seen_image) == 5, "the decoded image did not change at every input event"
+    # ... and what it shows is the decoder's mean at z(0.80), computed here from the run itself
+    expected = decoded_frames(trained_run.path, endpoint(page, "a"), endpoint(page, "b"), "lerp")[80]
+    shown = shown_frame(image, expected.shape[0], expected.shape[1])
+    assert np.abs(shown.astype(int) - expected[..., 0].astype(int)).max() <= 1
     assert len(seen_map) == 5, "z(t) did not move on the map at every input event"
 
     # A real mouse drag: down on the thumb, moves, the image follows while the button is held.
