@@ -122,7 +122,10 @@ function draw(kept) {
   else drawBars(kept, k);
   drawMap(kept, k);
   kept.image.dataset.frame = String(k);
-  kept.caption.textContent = `f(z(t)) at t = ${kept.path.header.t[k].toFixed(2)}`;
+  const at = kept.path.header.t[k].toFixed(2);
+  kept.caption.textContent = kept.path.header.kind === "image"
+    ? `f(z(t)) at t = ${at}`
+    : `f(z(t)) at t = ${at}, one bar per coordinate (blue >= 0, red < 0)`;
 }
 
 // -- sizes ------------------------------------------------------------------------------------
@@ -208,6 +211,19 @@ function drawBars(kept, k) {
   ctx.moveTo(0, y(0));
   ctx.lineTo(W, y(0));
   ctx.stroke();
+  if (d <= 16) {
+    // each bar's coordinate and value, on the side of the zero line away from the bar
+    const dpr = window.devicePixelRatio || 1;
+    ctx.fillStyle = ink;
+    ctx.font = `${11 * dpr}px sans-serif`;
+    ctx.textAlign = "center";
+    for (let j = 0; j < d; j++) {
+      const v = values[k * d + j];
+      const up = v < 0;
+      ctx.textBaseline = up ? "bottom" : "top";
+      ctx.fillText(`x${j + 1} = ${v.toFixed(2)}`, (j + 0.5) * slot, y(0) + (up ? -3 : 3) * dpr);
+    }
+  }
 }
 
 // -- the map ----------------------------------------------------------------------------------
