@@ -71,6 +71,9 @@ def test_quick_browser_section(tmp_path):
     assert detail["cold_start_to_map_s"] > detail["server_up_s"] > 0
     assert len(detail["slider_ms"]) == results["sizes"]["browser_moves"]
     assert all(finite(v) and v > 0 for v in detail["slider_ms"])
+    assert detail["drag_step_ms"] and all(finite(v) and v >= 0 for v in detail["drag_step_ms"])
+    assert detail["drag_messages"] == 0  # the Interpolate drag is drawn in the page
+    assert detail["interpolate_message_bytes"] > 0 and detail["interpolate_open_bytes"] > 0
 
 
 def test_refuses_to_start_while_the_cpu_is_busy(tmp_path):

@@ -1,19 +1,20 @@
-"""Interpolate: walk from the code of test sample A to that of sample B and decode each step."""
+"""Interpolate: walk from the code of test sample A to that of sample B and decode each step.
+
+The slider t, the decoded image and the small map with z(t) are one component drawn in the
+page (explorer/components/interpolation): the path's decoded steps are sent once, so a drag
+needs no server; the released t comes back and the numbers, the profile and the URL follow."""
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import streamlit as st
 
 from explorer import charts, state
-from explorer.services import cached, explore, pictures
+from explorer.components.interpolation import interpolation
+from explorer.services import cached, explore, path_payload, pictures
 from explorer.views import common
-from explorer.views.latent_map import projected
 
-CHART_KEY = "interp_map_chart"
-PROFILE_AFTER_S = 0.06  # pause between the decoded image and the profile chart on a slider move
+COMPONENT_KEY = "interp_component"
 OTHER = {"lerp": "slerp", "slerp": "lerp"}  # the path drawn beside the chosen one in the profile
 INTRO = ("Pick two test samples A and B. Their codes mu(A) and mu(B) are joined by a path z(t), "
          "t from 0 to 1, and each point of the path is decoded to f(z(t)). lerp is the straight "
@@ -31,14 +32,10 @@ def main() -> None:
     endpoint_inputs(enc.n)
     method, strip_n = path_controls()
     frames, curves = decoded_paths(page.checkpoint, a, b, method)
-    profile_key = (page.checkpoint, a, b, method)
-    left, right = st.columns([3, 2])
-    with right:
-        # Everything that depends on t, in a fragment: a slider release reruns only this
-        # (about 10 ms of work), not the sidebar, the map and the strip.
-        at_t(frames, curves, profile_key, enc.latent_dim, enc.is_image, enc.x if not enc.is_image else None)
-    with left:
-        path_map(page, frames, a, b, method, strip_n)
+    # The slider, the decoded image and the small map are drawn in the page from one message:
+    # a drag sends nothing. Its release (the new t) reruns only this fragment: the numbers,
+    # the profile chart and the URL.
+    at_t(page, frames, curves, a, b, method)
     strip(enc, frames, strip_n)
 
 
@@ -69,7 +66,7 @@ def endpoint_inputs(n: int) -> None:
                     on_change=lambda: state.set("b", int(st.session_state["endpoint_b"])))
     with c3:
         st.radio("A click on the map sets", ["A", "B"], key="click_sets", horizontal=True,
-                 help="Click a point on the map below to make it endpoint A or B; the choice then "
+                 help="Click a code on the small map to make it endpoint A or B; the choice then "
                       "switches to the other endpoint.")
     with c4:
         st.button("Random endpoints", key="random_endpoints", on_click=_on_random, args=(n,),
@@ -91,13 +88,21 @@ def _set_endpoint(which: str, i: int) -> None:
     st.session_state[f"endpoint_{which.lower()}"] = int(i)
 
 
-def _on_map_click() -> None:
-    i = common.point_from_event(CHART_KEY)
+def _on_pick() -> None:
+    """A click on a code of the component's map: it becomes endpoint A or B (click_sets)."""
+    i = getattr(st.session_state.get(COMPONENT_KEY), "picked", None)
     if i is None:
         return
     which = st.session_state.get("click_sets", "A")
-    _set_endpoint(which, i)
+    _set_endpoint(which, int(i))
     st.session_state["click_sets"] = "B" if which == "A" else "A"  # the next click sets the other end
+
+
+def _on_t_release() -> None:
+    """The component's t after a release (or a key press): kept, and so in the URL."""
+    t = getattr(st.session_state.get(COMPONENT_KEY), "t", None)
+    if t is not None:
+        state.set("t", round(min(1.0, max(0.0, float(t))), 2))
 
 
 def _on_random(n: int) -> None:
@@ -116,7 +121,8 @@ def path_controls() -> tuple[str, int]:
                           help="lerp: (1 - t) a + t b.  slerp: along the great circle, norm interpolated.")
         state.set("path", method)
     with c2:
-        strip_n = st.slider("Images in the strip", 3, 15, 8, key="strip_n")
+        # A number box, not a second slider: the page's one slider is t.
+        strip_n = int(st.number_input("Images in the strip", 3, 15, 8, step=1, key="strip_n"))
     return method, strip_n
 
 
@@ -131,29 +137,78 @@ def decoded_paths(ckpt: cached.Checkpoint, a: int, b: int, method: str) -> tuple
     return frames, curves
 
 
-# -- the path on the map, and as a strip ---------------------------------------------------------
+# -- the path in the page: slider, decoded image, map ---------------------------------------------
 
-def path_map(page: common.ExplorePage, frames: explore.PathFrames, a: int, b: int, method: str,
-             strip_n: int) -> None:
-    """The test set's codes with the path, its endpoints and the strip's steps on them."""
+def projected(ckpt: cached.Checkpoint, method: str, n: int) -> explore.Projection:
+    """The test set's codes in the plane (the latent map's projection, ?proj=)."""
+    if method == "PCA":
+        return cached.projection(ckpt, method)
+    with st.spinner(f"Computing the {method} projection of {n} codes (cached afterwards)..."):
+        return cached.projection(ckpt, method)
+
+
+def path_message(page: common.ExplorePage, frames: explore.PathFrames, a: int, b: int, method: str,
+                 t: float) -> tuple[bytes, explore.Projection]:
+    """The component's message for this path (path_payload.payload), and the projection its map uses.
+
+    Built once per path and session and then sent unchanged: Streamlit sends a message it has
+    sent before as a reference only, and the page keeps its own t while the path stays. The
+    message says where the slider starts, so it is built anew (with the kept t) when the
+    component was not on the page in the previous run (another page was shown), since then
+    the page starts from the message's t."""
     enc = page.enc
     proj = projected(page.checkpoint, state.get("proj", "PCA"), enc.n)
-    values, discrete = explore.color_values(enc, enc.label_names[0]) if enc.labels is not None else (None, False)
-    idx = strip_steps(len(frames.t), strip_n)
-    fig = charts.latent_map(
-        proj.xy, values, enc.label_names[0] if enc.labels is not None else "", discrete, proj.axis_titles,
-        path=proj.transform(frames.z), path_name=f"path ({method})",
-        endpoints={"A": proj.xy[a], "B": proj.xy[b]},
-        steps=(proj.transform(frames.z[idx]), frames.t[idx]), height=480)
-    st.plotly_chart(fig, key=CHART_KEY, on_select=_on_map_click, selection_mode="points",
-                    config={"scrollZoom": True, "displaylogo": False})
-    st.caption("The test set's codes with the path from A to B (black) and the strip's steps on it (dots)"
-               + (f", drawn through the same {proj.method} projection as the latent map." if proj.method
-                  not in ("identity",) else ".")
-               + (" t-SNE/UMAP cannot place new points exactly: the path is placed near its nearest codes."
-                  if proj.method in ("t-SNE", "UMAP") else "")
-               + " The current t is the gold line of the chart beside the decoded image.")
+    color_by = enc.label_names[0] if enc.labels is not None else ""
+    key = (page.checkpoint, a, b, method, proj.method, color_by)
+    kept = st.session_state.get("_interp_message")
+    mounted = COMPONENT_KEY in st.session_state
+    if kept is None or kept[0] != key or (not mounted and kept[1] != t):
+        values, discrete = explore.color_values(enc, color_by) if color_by else (None, False)
+        message = path_payload.payload(frames, enc.is_image, proj.xy, proj.transform(frames.z), a, b, t, method,
+                                       proj.axis_titles, values, discrete, color_by)
+        kept = (key, t, message)
+        st.session_state["_interp_message"] = kept
+    return kept[2], proj
 
+
+@st.fragment
+def at_t(page: common.ExplorePage, frames: explore.PathFrames, curves: dict, a: int, b: int, method: str) -> None:
+    """The component (slider t, decoded image, map) and what depends on the released t: its
+    log p(z) and ELBO, the profile along the path with t marked, the URL. A release reruns
+    only this; a click on the map (new endpoints) reruns the page."""
+    enc = page.enc
+    t = float(state.get("t", 0.5))
+    state.set("t", round(t, 2))
+    message, proj = path_message(page, frames, a, b, method, t)
+    left, right = st.columns([3, 2])
+    with left:
+        result = interpolation(message, key=COMPONENT_KEY, on_t_change=_on_t_release, on_picked_change=_on_pick)
+        st.caption("Drag t (or use the arrow keys on it): the decoded image and the gold z(t) on the map follow "
+                   "in the page, from all the path's decoded steps sent once; the numbers, the chart and the "
+                   "link follow on release."
+                   + (f" The map is drawn through the same {proj.method} projection as the latent map."
+                      if proj.method != "identity" else "")
+                   + (" t-SNE/UMAP cannot place new points exactly: the path is placed near its nearest codes."
+                      if proj.method in ("t-SNE", "UMAP") else ""))
+    if result.picked is not None:  # _on_pick changed an endpoint: the path, the strip and the inputs change
+        st.rerun(scope="app")
+    t = float(state.get("t", t))
+    k = int(round(t * (len(frames.t) - 1)))
+    state.write_to_url()  # a rerun of this fragment alone does not pass app.py, which writes the URL
+    with right:
+        st.subheader(f"At t = {frames.t[k]:.2f}")
+        m1, m2 = st.columns(2)
+        m1.metric("log p(z(t))", f"{frames.log_prior[k]:.2f}", help="prior log-density at z(t), nats")
+        m2.metric("ELBO of f(z(t))", f"{frames.decoded_elbo[k]:.2f}",
+                  help="the ELBO the model gives its own decoded sample, nats per sample, higher is better")
+        path_profile(curves, (page.checkpoint, a, b, method), enc.latent_dim, float(frames.t[k]))
+    if not enc.is_image and frames.images.ndim == 2 and frames.images.shape[-1] == 2:
+        st.plotly_chart(charts.data_scatter(enc.x, {"decoded path": frames.images,
+                                                    f"f(z(t)), t = {frames.t[k]:.2f}": frames.images[k:k + 1]},
+                                            "The path decoded, in data space"), key="interp_data")
+
+
+# -- the path as a strip -------------------------------------------------------------------------
 
 def strip(enc: explore.Encoded, frames: explore.PathFrames, strip_n: int) -> None:
     """strip_n decoded steps of the path, A to B."""
@@ -161,7 +216,8 @@ def strip(enc: explore.Encoded, frames: explore.PathFrames, strip_n: int) -> Non
     st.subheader(f"The path in {strip_n} steps")
     if enc.is_image:
         st.image(pictures.png(frames.images[idx], ncols=strip_n, size=90),
-                 caption="t = " + ", ".join(f"{frames.t[j]:.2f}" for j in idx))
+                 caption="t = " + ", ".join(f"{frames.t[j]:.2f}" for j in idx),
+                 alt=f"the path decoded in {strip_n} steps from A to B")
     else:
         st.dataframe({f"t={frames.t[j]:.2f}": frames.images[j].ravel() for j in idx})
 
@@ -169,47 +225,6 @@ def strip(enc: explore.Encoded, frames: explore.PathFrames, strip_n: int) -> Non
 def strip_steps(n_frames: int, strip_n: int) -> np.ndarray:
     """The frames the strip shows: strip_n of n_frames, evenly spaced, both ends included."""
     return np.linspace(0, n_frames - 1, strip_n).round().astype(int)
-
-
-# -- what depends on t: a fragment -------------------------------------------------------------
-
-@st.fragment
-def at_t(frames: explore.PathFrames, curves: dict, profile_key: tuple, latent_dim: int, is_image: bool,
-         data: np.ndarray | None) -> None:
-    """The slider t and what depends on it: the decoded image (drawn first), its log p(z) and
-    ELBO, and the profile along the path with t marked. A slider release reruns only this."""
-    state.seed_widget("interp_t", "t", 0.5)
-    t = st.slider("t (position on the path, 0 = A, 1 = B)", 0.0, 1.0, step=0.01, key="interp_t")
-    state.set("t", round(float(t), 2))
-    k = int(round(t * (len(frames.t) - 1)))
-    decoded_at(frames, k, is_image, data)
-    state.write_to_url()  # a rerun of this fragment alone does not pass app.py, which writes the URL
-    m1, m2 = st.columns(2)
-    m1.metric("log p(z(t))", f"{frames.log_prior[k]:.2f}", help="prior log-density at z(t), nats")
-    m2.metric("ELBO of f(z(t))", f"{frames.decoded_elbo[k]:.2f}",
-              help="the ELBO the model gives its own decoded sample, nats per sample, higher is better")
-    # The profile chart is drawn anew in the browser at every t (its figure changes, so does its
-    # element): 50-100 ms of the page's main thread. Sent with the image, it is drawn in the same
-    # frame and the new image waits for it; a short pause first lets the image be shown alone.
-    time.sleep(PROFILE_AFTER_S)
-    path_profile(curves, profile_key, latent_dim, float(frames.t[k]))
-
-
-def decoded_at(frames: explore.PathFrames, k: int, is_image: bool, data: np.ndarray | None) -> None:
-    """Frame k decoded: an image, a point over the 2-D data, or a vector's bars."""
-    st.subheader(f"Decoded at t = {frames.t[k]:.2f}")
-    if is_image:
-        # Inline (a data: URL) rather than a media file: the browser shows it from the message
-        # itself, without a second request to a server that is still busy with this rerun.
-        st.image(pictures.png_data_url(frames.images[k:k + 1], size=300),
-                 caption=f"f(z(t)), the decoder's mean image at t = {frames.t[k]:.2f}")
-    elif frames.images.shape[-1] == 2 and frames.images.ndim == 2:
-        st.plotly_chart(charts.data_scatter(data, {"decoded path": frames.images,
-                                                   f"f(z(t)), t = {frames.t[k]:.2f}": frames.images[k:k + 1]},
-                                            "The path decoded, in data space"), key="interp_data")
-    else:
-        st.plotly_chart(charts.vector_bars({f"f(z(t)), t = {frames.t[k]:.2f}": frames.images[k]},
-                                           "Decoded vector at t"), key="interp_vector")
 
 
 def path_profile(curves: dict, key: tuple, latent_dim: int, t: float) -> None:

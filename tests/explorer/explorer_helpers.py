@@ -24,3 +24,12 @@ def array(v) -> np.ndarray:
 def assert_clean(at) -> None:
     assert not at.exception, [e.value for e in at.exception]
     assert not [e.value for e in at.error], [e.value for e in at.error]
+
+
+def interpolation_message(at) -> tuple[dict, dict[str, np.ndarray]]:
+    """The Interpolate page's component message, unpacked: (header, blobs) (path_payload)."""
+    from explorer.services import path_payload
+
+    components = [e for e in at.get("bidi_component") if e.proto.component_name == "vae_explorer.interpolation"]
+    assert len(components) == 1, f"{len(components)} interpolation components on the page"
+    return path_payload.unpack(components[0].proto.bytes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from explorer_helpers import assert_clean, plotly_specs
+from explorer_helpers import assert_clean, interpolation_message, plotly_specs
 
 
 @pytest.mark.parametrize("run", ["digits-4d", "gmm-2d", "lingauss-3d"])
@@ -26,6 +26,7 @@ def test_a_4d_latent_is_projected_and_the_path_follows_the_projection(make_app, 
     assert plotly_specs(at)[0]["layout"]["xaxis"]["title"]["text"] == "t-SNE 1"
     at.switch_page("views/interpolate.py").run(timeout=120)
     assert_clean(at)
-    names = [tr["name"] for tr in plotly_specs(at)[0]["data"]]
-    assert "path (lerp)" in names and "strip steps" in names  # z(t) itself: the profile beside the image
+    header, blobs = interpolation_message(at)  # the component's map: the codes and the path through t-SNE
+    assert header["map"]["axis_titles"][0] == "t-SNE 1" and header["method"] == "lerp"
+    assert blobs["path"].shape == (header["steps"], 2) and len(blobs["points"]) == header["map"]["total"]
     assert any("t-SNE" in c.value for c in at.caption)
