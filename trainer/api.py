@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import checkpoints, distributed, fileio, likelihoods, run_names, runs
+from . import checkpoints, distributed, fileio, likelihoods, posterior, run_names, runs
 from .config import RunConfig
 from .data import Dataset, load_dataset
 from .elbo import elbo_terms, evaluate, log_px
@@ -341,11 +341,13 @@ def load_run(path: str | Path) -> Run:
 
 
 def evaluate_run(run: Run, split: str = "test", k: int = 1000, mc_samples: int = 1, seed: int = 0,
-                 batch_size: int = 500, device: str = "cpu") -> dict:
+                 batch_size: int = 500, device: str = "cpu", closed_forms: bool = False) -> dict:
     """Per-sample means over a split (nats, log-likelihood sign): elbo, recon, kl, log_px, gap,
     active_units, and exact_log_px where the data set knows it. `device` ("cpu", "cuda" or
     "auto") is where the model runs; the noise differs between devices, so the estimates
-    on a GPU differ from the CPU's by Monte Carlo noise (run.model itself stays put)."""
+    on a GPU differ from the CPU's by Monte Carlo noise (run.model itself stays put).
+    closed_forms adds trainer.posterior.eval_extras: the quadrature log p(x) for d <= 2 and
+    the linear model's exact ELBO, KL to the true posterior and log p(x) (on the CPU)."""
     import copy
 
     data = run.load_data()
@@ -359,4 +361,6 @@ def evaluate_run(run: Run, split: str = "test", k: int = 1000, mc_samples: int =
     out["kl_per_dim"] = ev.kl_per_dim_mean()
     if run.model.likelihood.has_sigma_dec:
         out["sigma_dec"] = run.model.reported_sigma_dec()
+    if closed_forms:  # log_px_quadrature (d <= 2); elbo_exact, ... (linear + Gaussian): trainer.posterior
+        out.update(posterior.eval_extras(run.model, x))
     return out
