@@ -327,3 +327,19 @@ def eval_extras(model: VAE, x) -> dict[str, float]:
                               ("model_log_px", "model_log_px_exact")):
                 sums[name] = sums.get(name, 0.0) + float(cf[key].sum())
     return {key: v / len(x) for key, v in sums.items()}
+
+
+@torch.no_grad()
+def log_px_importance(model: VAE, x, k: int = 1000, seed: int = 0) -> dict[str, float]:
+    """The importance-sampled log p(x) of one x with K draws from q(z|x) (vae-math.md) and its
+    standard error by the delta method, sd(w / mean w) / sqrt(K) (w the importance weights):
+    an approximate error, and an optimistic one when a few weights dominate."""
+    x = _as_batch(model, x)[:1]
+    q = model.encode(x)
+    z = q.sample(k, torch.Generator().manual_seed(seed))  # (K, 1, d)
+    log_w = (model.log_px_given_z(x.reshape(1, -1), model.decode(z)) + log_standard_normal(z)
+             - q.log_prob(z))[:, 0].double()  # (K,)
+    estimate = float(torch.logsumexp(log_w, 0)) - math.log(k)
+    w = torch.exp(log_w - log_w.max())
+    se = float((w / w.mean()).std()) / math.sqrt(k) if k > 1 else float("nan")
+    return {"log_px": estimate, "se": se, "k": k}
