@@ -62,7 +62,7 @@ def mc_convergence(estimate: np.ndarray, se: np.ndarray, m: int, exact: float | 
                                  line=dict(color="black", dash="dot")), row=1, col=1)
     fig.add_trace(go.Scatter(x=ms, y=se, mode="lines", name="s.e. = sd / sqrt(M)",
                              line=dict(color=TERM_COLORS["recon"])), row=1, col=2)
-    ref = se[min(len(se) - 1, 9)] * np.sqrt(min(len(se), 10)) / np.sqrt(ms)  # through M = 10
+    ref = se[-1] * np.sqrt(len(se)) / np.sqrt(ms)  # c / sqrt(M) through the last point
     fig.add_trace(go.Scatter(x=ms, y=ref, mode="lines", name="1/sqrt(M)", line=dict(color="grey", dash="dash")),
                   row=1, col=2)
     for col in (1, 2):

@@ -38,3 +38,8 @@ def distance_from_truth(ckpt: Checkpoint) -> dict:
 def kl_split(ckpt: Checkpoint) -> dict:
     enc = encoded(ckpt)
     return inside_elbo.kl_split(enc.mu, enc.logvar)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def importance(ckpt: Checkpoint, index: int) -> dict:
+    return inside_elbo.importance(ckpt.run(), encoded(ckpt).x[index])

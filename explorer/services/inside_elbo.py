@@ -88,6 +88,11 @@ def gradient_comparison(run: Run, x, m: int = GRAD_M, seed: int = 1) -> dict:
     return out
 
 
+def importance(run: Run, x, seed: int = 1) -> dict:
+    """One x's importance-sampled log p(x) with K = IS_K draws and its s.e. (delta method)."""
+    return posterior.log_px_importance(run.model, _x(run, x), IS_K, seed)
+
+
 # -- 2. the true posterior against q --------------------------------------------------------------
 
 def true_posterior(run: Run, x, seed: int = 0) -> dict:

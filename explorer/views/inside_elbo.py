@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from explorer import charts_elbo
-from explorer.services import cached_elbo
+from explorer import charts, charts_elbo
+from explorer.services import cached_elbo, inside_elbo
 from explorer.views import common
 
 
@@ -34,6 +34,61 @@ def main() -> None:
 
 def _pm(value: float, se: float | None) -> str:
     return f"{value:.2f} ± {se:.2f}" if se is not None and np.isfinite(se) else f"{value:.2f}"
+
+
+# -- 1. the reparameterization trick ---------------------------------------------------------------
+
+M_DEFAULT = 10
+
+
+def reparameterization(page: common.ExplorePage, i: int) -> None:
+    st.subheader("The reparameterization trick  (Fig 1.5, eq 1.16-1.24, 1.31)")
+    with st.container(key="section_reparam"):
+        r = cached_elbo.reparameterization(page.checkpoint, i)
+        if "reparam_m" not in st.session_state:
+            st.session_state["reparam_m"] = M_DEFAULT
+        m = st.select_slider("M, the number of draws eps ~ N(0, I)", options=inside_elbo.M_CHOICES, key="reparam_m",
+                             help="z_m = mu(x) + sigma(x) * eps_m; the estimate averages log p(x|z_m) over them")
+        left, right = st.columns([3, 2])
+        with left:
+            a, b = inside_elbo.shown_dims(page.enc.kl_per_dim)
+            if page.enc.latent_dim == 1:  # the line z = mu + sigma * eps itself
+                pts, mu, sd = np.c_[r.z[:m, 0], r.eps[:m, 0]], np.r_[r.mu[0], 0.0], np.r_[r.sigma[0], 1.0]
+                titles = ("z", "eps")
+            else:
+                pts, mu, sd = r.z[:m][:, [a, b]], r.mu[[a, b]], r.sigma[[a, b]]
+                titles = (f"z{a + 1}", f"z{b + 1}")
+            st.plotly_chart(charts_elbo.reparam_cloud(pts, mu, sd, titles, f"Sample {i}: M = {m} draws of "
+                                                      "z = mu + sigma * eps (eq 1.24)"), key="reparam_cloud")
+        with right:
+            est, se = float(r.estimate[m - 1]), float(r.se[m - 1])
+            c = st.columns(2)
+            c[0].metric(f"estimate, M = {m}", f"{est:.3f}", help="(1/M) sum_m log p(x|z_m), eq 1.31, nats")
+            c[1].metric("standard error", f"{se:.3f}" if np.isfinite(se) else "n/a (M = 1)",
+                        help="sd of log p(x|z_m) over the draws / sqrt(M): the ± of the estimate")
+            if r.exact is not None:
+                st.metric("exact E_q[log p(x|z)]", f"{r.exact:.3f}", help="closed form of the linear model")
+            st.markdown(
+                "Sampling z ~ q(z|x) directly hides mu and sigma inside the sampler, so no gradient reaches "
+                "them. Writing **z = mu + sigma * eps** with eps ~ N(0, I) drawn outside the network (eq 1.22-1.24) "
+                "makes z a differentiable function of mu and sigma: the gradient of log p(x|z) passes "
+                "through z to the encoder (eq 1.20), and the ELBO is estimated from the same draws (eq 1.31).")
+        st.plotly_chart(charts_elbo.mc_convergence(r.estimate, r.se, m, r.exact), key="mc_convergence")
+        st.caption(f"The same {inside_elbo.M_MAX} draws, used 1, 2, ..., {inside_elbo.M_MAX} at a time: the "
+                   "estimate settles, and its standard error falls as 1/sqrt(M) (dashed). Gold: the slider's M.")
+        g = cached_elbo.gradient_comparison(page.checkpoint, i)
+        left, right = st.columns([3, 2])
+        with left:
+            st.plotly_chart(charts_elbo.gradient_variance(g["components"], g["score"]["per_component_variance"],
+                                                          g["reparam"]["per_component_variance"], g["m"]),
+                            key="gradient_variance")
+        with right:
+            st.metric("variance ratio, score function / reparameterized", f"{g['ratio']:.3g}",
+                      help="per-draw variance summed over the gradient's components")
+            st.caption(f"Both estimate d E_q[log p(x|z)] / d(mu, sigma) for this x from the same {g['m']} draws "
+                       "and agree on average: the score function f(z) * grad log q(z) (which needs no gradient of "
+                       "f) and the reparameterized grad f(mu + sigma * eps) (eq 1.20). The second varies far "
+                       "less from draw to draw, which is why VAEs are trained with it.")
 
 
 # -- 2. the true posterior against q ---------------------------------------------------------------
@@ -119,7 +174,65 @@ def theorem_1_1(page: common.ExplorePage, i: int) -> None:
                    "distances are paired, so they are measured much more precisely.")
 
 
-SECTIONS = [true_posterior, theorem_1_1]
+# -- 5. where the KL goes --------------------------------------------------------------------------
+
+def where_the_kl_goes(page: common.ExplorePage, i: int) -> None:
+    st.subheader("Where the KL goes  (eq 1.34; Hoffman and Johnson 2016)")
+    enc = page.enc
+    with st.container(key="section_kl"):
+        s = cached_elbo.kl_split(page.checkpoint)
+        c = st.columns(3)
+        c[0].metric("mean KL(q(z|x) || p(z))", f"{s['mean_kl']:.3f}", help="closed form (eq 1.34), test-set mean")
+        c[1].metric("I(x; z)", _pm(s["mutual_info"], s["mutual_info_se"]),
+                    help=f"mutual information between the test sample and its code under q; at most log N = "
+                         f"{s['max_mutual_info']:.2f}")
+        c[2].metric("KL(q(z) || p(z))", _pm(s["kl_aggregate"], s["kl_aggregate_se"]),
+                    help="the aggregate posterior q(z) = mean over x of q(z|x), against the prior")
+        left, right = st.columns(2)
+        with left:
+            st.plotly_chart(charts_elbo.kl_split_bars(s), key="kl_split")
+        with right:
+            st.plotly_chart(charts.kl_per_dim_bars(enc.kl_per_dim.mean(0), enc.active_dims), key="inside_kl_per_dim")
+        st.markdown(
+            "The KL term pays for two things: **I(x; z)**, the information the codes carry about which sample "
+            "they came from (what a useful code must pay), and **KL(q(z) || p(z))**, how far the codes of the "
+            "whole data set, pooled, are from the prior (the holes and clumps a generator would fall into). "
+            "The bars on the right split the same mean KL by latent dimension instead.")
+        dims = [int(j) for j in np.argsort(-enc.kl_per_dim.mean(0))[:6]]
+        st.plotly_chart(charts_elbo.code_histograms(s["codes_z"], dims), key="code_histograms")
+        st.caption(f"Monte Carlo over {s['codes']} test codes with {s['draws_per_code']} draws z ~ q(z|x) each "
+                   f"({s['draws']:,} draws); ± one standard error over the codes. The histograms are those draws "
+                   "(samples of q(z)) per dimension, largest KL first; black: N(0, 1).")
+
+
+# -- 6. how many draws ------------------------------------------------------------------------------
+
+def how_many_draws(page: common.ExplorePage, i: int) -> None:
+    st.subheader("How many draws  (eq 1.31 and the importance-sampled log p(x))")
+    r = cached_elbo.reparameterization(page.checkpoint, i)
+    imp = cached_elbo.importance(page.checkpoint, i)
+    sd = float(np.std(r.log_px_given_z, ddof=1))
+    rows = [
+        {"number": "recon on the Latent map and in the test-set histograms", "draws": "M = 1 (seed 0)",
+         "value": f"{page.enc.recon[i]:.2f}", "±": f"{sd:.2f} (one draw: the sd of log p(x|z))"},
+        {"number": "recon on the ELBO breakdown", "draws": f"M = {inside_elbo.ELBO_M}",
+         "value": f"{r.estimate[inside_elbo.ELBO_M - 1]:.2f} (this page's draws)",
+         "±": f"{r.se[inside_elbo.ELBO_M - 1]:.2f}"},
+        {"number": "recon here, all draws", "draws": f"M = {inside_elbo.M_MAX}",
+         "value": f"{r.estimate[-1]:.2f}", "±": f"{r.se[-1]:.2f}"},
+        {"number": "log p(x), importance sampled (ELBO breakdown, section 2)", "draws": f"K = {imp['k']}",
+         "value": f"{imp['log_px']:.2f}", "±": f"{imp['se']:.2f} (delta method)"},
+        {"number": "KL(q(z|x) || p(z))", "draws": "none (closed form, eq 1.34)",
+         "value": f"{page.enc.kl[i]:.2f}", "±": "exact"},
+    ]
+    with st.container(key="section_draws"):
+        st.dataframe(rows, hide_index=True, width="stretch")
+    st.caption(f"Sample {i}. The same sample's recon reads differently on different pages because each page "
+               "averages a different number of draws of z: each value is an estimate of one number, "
+               "E_q[log p(x|z)], with the ± shown (sd / sqrt(M)).")
+
+
+SECTIONS = [reparameterization, true_posterior, theorem_1_1, where_the_kl_goes, how_many_draws]
 
 
 if __name__ == "__main__":

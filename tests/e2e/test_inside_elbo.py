@@ -100,5 +100,48 @@ def test_every_section_renders(page, app, runs, kind):
         assert abs(number(theorem["the model is wrong"]) - (data_lp - model_lp)) < 0.011
     else:
         assert "the model is wrong" not in theorem
+
+    # 1. the reparameterization: M = 10 draws by default, drawn and stated; both gradient
+    # estimators drawn, the reparameterized one with the smaller variance
+    cloud = harness.plotly_traces(chart(page, "reparam_cloud"))
+    assert cloud[0]["n"] == 10 and "10 draws" in cloud[0]["name"], cloud[0]
+    reparam = shown(harness.keyed(page, "section_reparam"))
+    assert "estimate, M = 10" in reparam and number(reparam["standard error"]) > 0, reparam
+    assert number(reparam["variance ratio, score function / reparameterized"]) > 1, reparam
+    assert len(harness.plotly_traces(chart(page, "gradient_variance"))) == 2
+
+    # 5. where the KL goes: the split sums to the closed-form mean KL within its errors
+    kl = shown(harness.keyed(page, "section_kl"))
+    mi, mi_se = (float(v) for v in kl["I(x; z)"].split(" ± "))
+    agg, agg_se = (float(v) for v in kl["KL(q(z) || p(z))"].split(" ± "))
+    assert abs(mi + agg - number(kl["mean KL(q(z|x) || p(z))"])) < 4 * (mi_se**2 + agg_se**2) ** 0.5 + 0.01, kl
+    hist = harness.plotly_traces(chart(page, "code_histograms"))
+    assert [t["type"] for t in hist].count("histogram") == 2  # d = 2: one per dimension
+
+    # 6. how many draws: every row states its draws and its ±
+    table = harness.keyed(page, "section_draws").locator('[data-testid="stDataFrame"]')
+    table.scroll_into_view_if_needed()  # the grid draws its table when it is on screen
+    rows = harness.table_rows(table)
+    assert [r["draws"] for r in rows][:3] == ["M = 1 (seed 0)", "M = 100", "M = 1000"], rows
+    assert all(r["±"] for r in rows), rows
     harness.assert_no_traceback(page)
     harness.screenshot(page, f"inside-elbo-{kind}")
+
+
+def test_moving_m_changes_the_estimate_and_its_error_bar(page, app, runs):
+    open_view(page, app, "inside-elbo", "Inside the ELBO", run=runs["digits"])
+    harness.wait_drawn(page)
+    section = harness.keyed(page, "section_reparam")
+    before = shown(section)
+    slider = harness.keyed(page, "reparam_m").get_by_role("slider")
+    slider.focus()
+    for _ in range(3):  # 10 -> 20 -> 50 -> 100
+        slider.press("ArrowRight")
+    page.get_by_text("estimate, M = 100").wait_for()
+    harness.wait_drawn(page)
+    after = shown(section)
+    assert after["estimate, M = 100"] != before["estimate, M = 10"]
+    se10, se100 = number(before["standard error"]), number(after["standard error"])
+    assert 0.15 < se100 / se10 < 0.6, (se10, se100)  # 1/sqrt(10) = 0.32, with the noise of 10 draws
+    assert harness.plotly_traces(chart(page, "reparam_cloud"))[0]["n"] == 100
+    harness.assert_no_traceback(page)
