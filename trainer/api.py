@@ -128,6 +128,7 @@ def _fit_locked(cfg: RunConfig, out: Path, resume: bool, on_epoch, on_step, stop
         fileio.atomic_write_json(out / "config.json", cfg.to_dict())
         checkpoints.save_checkpoint(out, trainer.model, trainer.state_tensors(), {"epoch": 0, "step": 0})
 
+    on_epoch = _record_linear_path(out, trainer, resume, on_epoch)  # linear runs: their (t, s) per epoch
     reporter = _Reporter(out, trainer, cfg.train.epochs, on_epoch, on_step)
     reporter.start()
     try:
@@ -279,6 +280,43 @@ class _Reporter:
         epoch = self.trainer.epoch
         message = "" if state == "done" else f"cancelled after epoch {epoch}; the checkpoint of that epoch is kept"
         runs.write_status(self.out, state, epoch=epoch, epochs=self.epochs, message=message)
+
+
+LINEAR_PATH = "linear_path.json"  # a linear run's (t, s) per epoch (Examples 1.3-1.6)
+
+
+def _record_linear_path(out: Path, trainer, resume: bool, on_epoch):
+    """For a `linear` run, an on_epoch callback that first adds the epoch's (t, s) (the
+    encoder's sigma and sigma_dec: posterior.linear_path_point) to LINEAR_PATH in the run
+    folder, then calls on_epoch; other runs keep on_epoch as it is. A new run's file starts
+    with epoch 0 (the initial model), a resumed run's keeps the epochs its checkpoint holds.
+    Not fsynced: a path lost in a crash is only a picture."""
+    if trainer.model.cfg.arch != "linear":
+        return on_epoch
+    path = out / LINEAR_PATH
+    saved = read_linear_path(out) if resume else None
+    rows = [r for r in saved if r["epoch"] <= trainer.epoch] if saved else []
+    if not rows:
+        rows = [{"epoch": trainer.epoch, **posterior.linear_path_point(trainer.model)}]
+    fileio.atomic_write_json(path, {"path": rows}, durable=False)
+
+    def record(row: dict) -> None:
+        rows.append({"epoch": trainer.epoch, **posterior.linear_path_point(trainer.model)})
+        fileio.atomic_write_json(path, {"path": rows}, durable=False)
+        if on_epoch:
+            on_epoch(row)
+
+    return record
+
+
+def read_linear_path(run_dir: str | Path) -> list[dict] | None:
+    """A linear run's saved (t, s) per epoch: [{"epoch", "t", "s"}, ...], or None when the run
+    has none (not linear, trained before it was recorded) or the file is not one we wrote."""
+    try:
+        rows = fileio.read_json(Path(run_dir) / LINEAR_PATH, "linear path")["path"]
+        return [{"epoch": int(r["epoch"]), "t": float(r["t"]), "s": float(r["s"])} for r in rows]
+    except (TrainerError, KeyError, TypeError, ValueError):
+        return None
 
 
 @dataclass

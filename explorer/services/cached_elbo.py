@@ -43,3 +43,14 @@ def kl_split(ckpt: Checkpoint) -> dict:
 @st.cache_data(max_entries=32, show_spinner=False)
 def importance(ckpt: Checkpoint, index: int) -> dict:
     return inside_elbo.importance(ckpt.run(), encoded(ckpt).x[index])
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def linear_landscape(ckpt: Checkpoint) -> dict | None:
+    """ELBO(t, s) of Examples 1.3-1.6 for a linear run on linear-gaussian data, with the run's
+    saved (t, s) path ("path", or None); None for any other run."""
+    run = ckpt.run()
+    setting = inside_elbo.linear_gaussian_setting(run)
+    if run.config.model.arch != "linear" or setting is None:
+        return None
+    return {**inside_elbo.linear_landscape(*setting), "path": inside_elbo.saved_path(run)}

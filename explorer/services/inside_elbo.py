@@ -17,6 +17,7 @@ import torch
 
 from trainer import Run, posterior
 from trainer.data import DATASETS, parse_spec
+from trainer.examples import linear_gaussian_entropy
 
 M_CHOICES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)  # the reparameterization slider's M
 M_MAX = M_CHOICES[-1]
@@ -186,13 +187,27 @@ def linear_gaussian_setting(run: Run) -> tuple[int, float] | None:
     return int(values["d"]), float(values["sigma"])
 
 
+def saved_path(run: Run) -> dict[str, np.ndarray] | None:
+    """A linear run's (t, s) per epoch as saved while it trained (trainer.api.LINEAR_PATH):
+    epoch, t, s arrays, or None when it has none."""
+    from trainer.api import read_linear_path
+
+    rows = read_linear_path(run.path)
+    if not rows:
+        return None
+    return {k: np.array([r[k] for r in rows], dtype=float) for k in ("epoch", "t", "s")}
+
+
 def linear_landscape(d: int, sigma: float, n: int = 120) -> dict:
     """ELBO(t, s), recon and KL of the hand-set linear VAE (vae-math.md), expected over the
-    data, on a grid of t and s (log-spaced), and the optimum of each fixed t: s = sigma t."""
+    data, on a grid of t and s (log-spaced); elbo_t1, its value at t = 1, s = sigma, and the
+    data's exact mean log p(x), -entropy, which t, s -> 0 reach."""
     t = np.geomspace(0.05, 3.0, n)
     s = np.geomspace(0.05 * sigma, 3.0 * sigma, n)
     g = posterior.hand_set_elbo_grid(torch.tensor(t), torch.tensor(s), d, sigma)
-    return {"t": t, "s": s, **{k: v.numpy() for k, v in g.items()}, "d": d, "sigma": sigma}
+    at_t1 = posterior.hand_set_elbo_grid(torch.tensor([1.0]), torch.tensor([sigma]), d, sigma)["elbo"]
+    return {"t": t, "s": s, **{k: v.numpy() for k, v in g.items()}, "d": d, "sigma": sigma,
+            "elbo_t1": float(at_t1), "data_log_px": -linear_gaussian_entropy(d, sigma)}
 
 
 # -- 5. where the KL goes -----------------------------------------------------------------------

@@ -174,6 +174,38 @@ def theorem_1_1(page: common.ExplorePage, i: int) -> None:
                    "distances are paired, so they are measured much more precisely.")
 
 
+# -- 4. the linear example's landscape -------------------------------------------------------------
+
+def linear_landscape(page: common.ExplorePage, i: int) -> None:
+    st.subheader("The linear example's landscape  (Examples 1.3-1.6)")
+    land = cached_elbo.linear_landscape(page.checkpoint)
+    if land is None:
+        st.info("This section draws ELBO(t, s) of the tutorial's linear example: it needs a run with the "
+                "**linear** architecture on **linear-gaussian** data (train one on the Train page).")
+        return
+    with st.container(key="section_landscape"):
+        path = land["path"]
+        st.plotly_chart(charts_elbo.elbo_landscape(land, None if path is None else path["t"],
+                                                   None if path is None else path["s"]), key="elbo_landscape")
+        d, sigma = land["d"], land["sigma"]
+        c = st.columns(3)
+        if path is not None:
+            c[0].metric(f"this run after epoch {int(path['epoch'][-1])}", f"t = {path['t'][-1]:.3f}, s = {path['s'][-1]:.3f}",
+                        help="t: the encoder's sigma (RMS over latent dimensions), s: sigma_dec")
+        else:
+            c[0].caption("This run has no saved (t, s) path (it was trained before paths were recorded).")
+        c[1].metric("ELBO at t = 1, s = σ", f"{land['elbo_t1']:.3f}",
+                    help="the KL's optimum t = 1 with its best decoder, s = sigma (Example 1.6)")
+        c[2].metric("the data's exact log p(x)", f"{land['data_log_px']:.3f}",
+                    help="-(d/2) log(2 pi e sigma^2): what t, s -> 0 together reach (Examples 1.4, 1.5)")
+        st.caption(f"The hand-set linear VAE of vae-math.md (encoder mean (x - mu)/sigma with sd t, decoder mean "
+                   f"sigma z + mu with sd s), d = {d}, sigma = {sigma:g}, expected over the data; no sampling. The "
+                   "KL alone is smallest at t = 1 (right); for each t the best s is sigma t (dashed), where recon "
+                   "and KL trade off (middle, right); along that ridge the ELBO rises as t and s shrink together. "
+                   "Red: this run's encoder sigma and sigma_dec after each epoch (its free affine maps are not the "
+                   "hand-set ones, so only these two coordinates are compared).")
+
+
 # -- 5. where the KL goes --------------------------------------------------------------------------
 
 def where_the_kl_goes(page: common.ExplorePage, i: int) -> None:
@@ -232,7 +264,7 @@ def how_many_draws(page: common.ExplorePage, i: int) -> None:
                "E_q[log p(x|z)], with the ± shown (sd / sqrt(M)).")
 
 
-SECTIONS = [reparameterization, true_posterior, theorem_1_1, where_the_kl_goes, how_many_draws]
+SECTIONS = [reparameterization, true_posterior, theorem_1_1, linear_landscape, where_the_kl_goes, how_many_draws]
 
 
 if __name__ == "__main__":

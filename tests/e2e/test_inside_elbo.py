@@ -110,6 +110,18 @@ def test_every_section_renders(page, app, runs, kind):
     assert number(reparam["variance ratio, score function / reparameterized"]) > 1, reparam
     assert len(harness.plotly_traces(chart(page, "gradient_variance"))) == 2
 
+    # 4. the linear example's landscape: for the linear run on linear-gaussian data, the three
+    # contour maps with the run's (t, s) after each of its 20 epochs (and epoch 0); else a note
+    if kind == "linear":
+        land = harness.plotly_traces(chart(page, "elbo_landscape"))
+        assert [t["type"] for t in land].count("contour") == 3
+        path = [t for t in land if t["name"] == "this run, per epoch"]
+        assert len(path) == 3 and path[0]["n"] == 21, path
+        star = next(t for t in land if t["name"] == "t = 1, s = sigma")
+        assert star["x"] == [1.0] and star["y"] == [0.5]  # linear-gaussian's default sigma
+    else:
+        page.get_by_text("it needs a run with the linear architecture").wait_for()
+
     # 5. where the KL goes: the split sums to the closed-form mean KL within its errors
     kl = shown(harness.keyed(page, "section_kl"))
     mi, mi_se = (float(v) for v in kl["I(x; z)"].split(" ± "))

@@ -155,3 +155,38 @@ def test_eval_json_reports_quadrature_and_exact_keys(cli, digits_run, linear_run
         assert ("log_px_quadrature" in out) == (d <= 2)
         if d <= 2:
             assert abs(out["log_px_quadrature"] - out["model_log_px_exact"]) < 1e-3
+
+
+def test_hand_set_elbo_grid_is_the_examples_closed_form():
+    """Examples 1.3-1.6's ELBO(t, s) over a grid, against trainer.examples at an x whose
+    ||(x - mu)/sigma||^2 is its expectation d."""
+    from trainer.examples import linear_gaussian_elbo
+
+    d, sigma = 4, 0.5
+    mu = torch.arange(d, dtype=torch.float64)
+    x = (mu + sigma)[None]  # ||(x - mu)/sigma||^2 = d
+    t, s = torch.tensor([0.3, 1.0, 2.0]), torch.tensor([0.1, 0.5])
+    grid = posterior.hand_set_elbo_grid(t, s, d, sigma)["elbo"]  # (S, T)
+    for a, tv in enumerate(t.tolist()):
+        for b, sv in enumerate(s.tolist()):
+            assert abs(float(grid[b, a]) - float(linear_gaussian_elbo(x, mu, sigma, tv, sv)[0])) < 1e-9
+
+
+def test_a_linear_run_saves_its_t_s_path_per_epoch(linear_run, digits_run, tmp_path):
+    from trainer import fit
+    from trainer.api import read_linear_path
+
+    path = read_linear_path(linear_run)
+    assert [r["epoch"] for r in path] == list(range(6))  # epoch 0 (the initial model) to 5
+    assert path[-1] == {"epoch": 5, **posterior.linear_path_point(load_run(linear_run).model)}
+    assert len({(r["t"], r["s"]) for r in path}) == 6  # it moved every epoch
+    assert read_linear_path(digits_run) is None  # an MLP run has none
+
+    out = tmp_path / "resumed"
+    cfg = small_config("linear-gaussian:d=4,n=500", arch="linear", latent_dim=2, epochs=2)
+    fit(cfg, out)
+    cfg.train.epochs = 4
+    fit(cfg, out, resume=True)
+    resumed = read_linear_path(out)
+    assert [r["epoch"] for r in resumed] == [0, 1, 2, 3, 4]
+    assert resumed[-1] == {"epoch": 4, **posterior.linear_path_point(load_run(out).model)}
