@@ -212,8 +212,8 @@ def cmd_eval(a) -> int:
         for key in ("elbo", "recon", "kl", "log_px", "gap", "exact_log_px", "log_px_quadrature",
                     "elbo_exact", "kl_to_posterior_exact", "model_log_px_exact"):
             if key in result:
-                print(f"  {key:13s} {result[key]:12.4f}")
-        print(f"  active units  {result['active_units']} of {len(result['kl_per_dim'])}")
+                print(f"  {key:21s} {result[key]:12.4f}")
+        print(f"  {'active units':21s} {result['active_units']} of {len(result['kl_per_dim'])}")
     return 0
 
 
