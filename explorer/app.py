@@ -28,6 +28,7 @@ PAGES = {  # URL path -> page; "view" in the URL names one of these keys
     "latent-map": dict(page="latent_map.py", title="Latent map", icon=":material/scatter_plot:"),
     "interpolate": dict(page="interpolate.py", title="Interpolate", icon=":material/linear_scale:"),
     "elbo": dict(page="elbo.py", title="ELBO breakdown", icon=":material/stacked_bar_chart:"),
+    "inside-elbo": dict(page="inside_elbo.py", title="Inside the ELBO", icon=":material/functions:"),
     "generate": dict(page="generate.py", title="Generate", icon=":material/auto_awesome:"),
 }
 

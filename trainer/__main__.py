@@ -223,15 +223,17 @@ def cmd_eval(a) -> int:
     if not 0 <= a.threads <= 1024:
         raise TrainerError("--threads must be between 0 (all cores) and 1024")
     set_threads(a.threads)
-    result = evaluate_run(load_run(a.run_dir), a.split, a.k, a.mc_samples, a.seed, device=a.device)
+    result = evaluate_run(load_run(a.run_dir), a.split, a.k, a.mc_samples, a.seed, device=a.device,
+                          closed_forms=True)
     if a.json:
         print(json.dumps(result))
     else:
         print(f"{a.run_dir} ({a.split}, n={result['n']}), per sample, nats, higher is better:")
-        for key in ("elbo", "recon", "kl", "log_px", "gap", "exact_log_px"):
+        for key in ("elbo", "recon", "kl", "log_px", "gap", "exact_log_px", "log_px_quadrature",
+                    "elbo_exact", "kl_to_posterior_exact", "model_log_px_exact"):
             if key in result:
-                print(f"  {key:13s} {result[key]:12.4f}")
-        print(f"  active units  {result['active_units']} of {len(result['kl_per_dim'])}")
+                print(f"  {key:21s} {result[key]:12.4f}")
+        print(f"  {'active units':21s} {result['active_units']} of {len(result['kl_per_dim'])}")
         if result.get("reliability"):  # the means break a bound beyond their noise, or are not finite
             print(f"  {result['reliability']}")
     return 0

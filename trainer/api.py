@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import checkpoints, distributed, fileio, likelihoods, preprocess, run_names, runs
+from . import checkpoints, distributed, fileio, likelihoods, posterior, preprocess, run_names, runs
 from .config import RunConfig
 from .data import Dataset, load_dataset
 from .elbo import elbo_terms, evaluate, log_px, log_px_and_se, reliability
@@ -130,6 +130,7 @@ def _fit_locked(cfg: RunConfig, out: Path, resume: bool, on_epoch, on_step, stop
         preprocess.save(out, trainer.model.standardizer)  # standardize.json, before the first weights
         checkpoints.save_checkpoint(out, trainer.model, trainer.state_tensors(), {"epoch": 0, "step": 0})
 
+    on_epoch = _record_linear_path(out, trainer, resume, on_epoch)  # linear runs: their (t, s) per epoch
     reporter = _Reporter(out, trainer, cfg.train.epochs, on_epoch, on_step)
     reporter.start()
     try:
@@ -286,6 +287,43 @@ class _Reporter:
         runs.write_status(self.out, state, epoch=epoch, epochs=self.epochs, message=message)
 
 
+LINEAR_PATH = "linear_path.json"  # a linear run's (t, s) per epoch (Examples 1.3-1.6)
+
+
+def _record_linear_path(out: Path, trainer, resume: bool, on_epoch):
+    """For a `linear` run, an on_epoch callback that first adds the epoch's (t, s) (the
+    encoder's sigma and sigma_dec: posterior.linear_path_point) to LINEAR_PATH in the run
+    folder, then calls on_epoch; other runs keep on_epoch as it is. A new run's file starts
+    with epoch 0 (the initial model), a resumed run's keeps the epochs its checkpoint holds.
+    Not fsynced: a path lost in a crash is only a picture."""
+    if trainer.model.cfg.arch != "linear":
+        return on_epoch
+    path = out / LINEAR_PATH
+    saved = read_linear_path(out) if resume else None
+    rows = [r for r in saved if r["epoch"] <= trainer.epoch] if saved else []
+    if not rows:
+        rows = [{"epoch": trainer.epoch, **posterior.linear_path_point(trainer.model)}]
+    fileio.atomic_write_json(path, {"path": rows}, durable=False)
+
+    def record(row: dict) -> None:
+        rows.append({"epoch": trainer.epoch, **posterior.linear_path_point(trainer.model)})
+        fileio.atomic_write_json(path, {"path": rows}, durable=False)
+        if on_epoch:
+            on_epoch(row)
+
+    return record
+
+
+def read_linear_path(run_dir: str | Path) -> list[dict] | None:
+    """A linear run's saved (t, s) per epoch: [{"epoch", "t", "s"}, ...], or None when the run
+    has none (not linear, trained before it was recorded) or the file is not one we wrote."""
+    try:
+        rows = fileio.read_json(Path(run_dir) / LINEAR_PATH, "linear path")["path"]
+        return [{"epoch": int(r["epoch"]), "t": float(r["t"]), "s": float(r["s"])} for r in rows]
+    except (TrainerError, KeyError, TypeError, ValueError):
+        return None
+
+
 @dataclass
 class Run:
     """A run folder opened for exploring: config, metrics, status and the trained model."""
@@ -358,11 +396,13 @@ def load_run(path: str | Path) -> Run:
 
 
 def evaluate_run(run: Run, split: str = "test", k: int = 1000, mc_samples: int = 1, seed: int = 0,
-                 batch_size: int = 500, device: str = "cpu") -> dict:
+                 batch_size: int = 500, device: str = "cpu", closed_forms: bool = False) -> dict:
     """Per-sample means over a split (nats, log-likelihood sign): elbo, recon, kl, log_px, gap,
     active_units, and exact_log_px where the data set knows it. `device` ("cpu", "cuda" or
     "auto") is where the model runs; the noise differs between devices, so the estimates
-    on a GPU differ from the CPU's by Monte Carlo noise (run.model itself stays put)."""
+    on a GPU differ from the CPU's by Monte Carlo noise (run.model itself stays put).
+    closed_forms adds trainer.posterior.eval_extras: the quadrature log p(x) for d <= 2 and
+    the linear model's exact ELBO, KL to the true posterior and log p(x) (on the CPU)."""
     import copy
 
     data = run.load_data()
@@ -382,4 +422,6 @@ def evaluate_run(run: Run, split: str = "test", k: int = 1000, mc_samples: int =
     out["kl_per_dim"] = ev.kl_per_dim_mean()
     if run.model.likelihood.has_sigma_dec:
         out["sigma_dec"] = run.model.reported_sigma_dec()
+    if closed_forms:  # log_px_quadrature (d <= 2); elbo_exact, ... (linear + Gaussian): trainer.posterior
+        out.update(posterior.eval_extras(run.model, x))
     return out

@@ -9,7 +9,7 @@ from explorer_helpers import assert_clean, interpolation_message, plotly_specs
 
 
 @pytest.mark.parametrize("run", ["digits-4d", "gmm-2d", "lingauss-3d"])
-@pytest.mark.parametrize("view", ["latent-map", "interpolate", "elbo", "generate"])
+@pytest.mark.parametrize("view", ["latent-map", "interpolate", "elbo", "inside-elbo", "generate"])
 def test_views_render_other_kinds_of_runs(make_app, variety_runs, run, view):
     at = make_app(variety_runs, view=view, run=run).run()
     assert_clean(at)

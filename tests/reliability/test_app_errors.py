@@ -19,7 +19,7 @@ from trainer.runs import read_metrics
 from .conftest import ROOT, MakesMarker
 from .test_checkpoints import CONFIGS, DAMAGES, _edit_config
 
-VIEWS = ["latent-map", "interpolate", "elbo", "generate"]
+VIEWS = ["latent-map", "interpolate", "elbo", "inside-elbo", "generate"]
 APP_CASES = {
     "truncated": DAMAGES["truncated"],
     "wrong-shape": DAMAGES["wrong-shape"],
