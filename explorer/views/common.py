@@ -12,7 +12,7 @@ import numpy as np
 import streamlit as st
 
 from explorer import charts, state
-from explorer.services import cached, explore, jobs, pictures
+from explorer.services import cached, explore, exports, jobs, pictures
 from explorer.services import runs as run_service
 from trainer import Run, RunConfig, TrainerError
 from trainer.runs import read_metrics
@@ -68,6 +68,25 @@ def freeze_startup_objects() -> None:
         return
     gc.collect()  # leave no garbage behind in the frozen set
     gc.freeze()
+
+
+def chart(fig, key: str, **kwargs):
+    """st.plotly_chart whose camera button saves RUN-VIEW-KEY.png (not plot-image.png)."""
+    return st.plotly_chart(fig, key=key, config=exports.figure_config(state.get("run"), state.get("view"), key),
+                           **kwargs)
+
+
+def download_codes(ckpt: cached.Checkpoint, run_name: str, key: str) -> None:
+    """A button that downloads the test set's codes as CSV (see exports.codes_csv)."""
+    def make() -> bytes:
+        enc = cached.encoded(ckpt)
+        return exports.codes_csv(enc, cached.projection(ckpt, "PCA"))
+
+    st.download_button("Test-set codes (CSV)", make, file_name=f"{exports.file_stem(run_name, 'codes')}.csv",
+                       mime="text/csv", key=key, icon=":material/download:", on_click="ignore",
+                       help="One row per test sample: labels, posterior mean mu_j and log-variance logvar_j per "
+                            "latent dimension, recon, kl and elbo (nats, one draw of z) and the latent map's "
+                            "coordinates (z for d <= 2, else PCA).")
 
 
 # -- sidebar -------------------------------------------------------------------------------------
@@ -252,8 +271,7 @@ def live_progress(run_dir: str) -> None:
                                   f"{fmt_seconds(js.eta_s)}")
     rows = read_metrics(path)
     if rows:
-        st.plotly_chart(charts.training_curves(charts.metrics_arrays(rows), "Live training curves"),
-                        key="live_curves")
+        chart(charts.training_curves(charts.metrics_arrays(rows), "Live training curves"), key="live_curves")
         st.caption("ELBO and its two terms per epoch, test split solid, training split dashed. " + NATS_NOTE)
     else:
         st.caption("Starting: loading the data and building the model...")
@@ -307,5 +325,5 @@ def show_sample(enc: explore.Encoded, i: int, recon: np.ndarray, caption_prefix:
         c1.image(pictures.png(enc.x[i:i + 1], size=140), caption=f"{caption_prefix}input x (sample {i})")
         c2.image(pictures.png(recon[None], size=140), caption="reconstruction f(mu(x))")
     else:
-        st.plotly_chart(charts.vector_bars({"input x": enc.x[i], "reconstruction f(mu(x))": recon},
-                                           f"Sample {i}: input and reconstruction"), key=f"vec_{caption_prefix}{i}")
+        chart(charts.vector_bars({"input x": enc.x[i], "reconstruction f(mu(x))": recon},
+                                 f"Sample {i}: input and reconstruction"), key=f"vec_{caption_prefix}{i}")

@@ -27,6 +27,8 @@ def main() -> None:
         kl_per_dim(page.enc)
     with c2:
         training_curves(page.run)
+    st.subheader("Take the results away")
+    common.download_codes(page.checkpoint, page.summary.name, key="download_codes_elbo")
 
 
 def selected_sample(page: common.ExplorePage) -> int:
@@ -47,7 +49,7 @@ def sample_breakdown(ckpt: cached.Checkpoint, i: int) -> None:
     cols[2].metric("ELBO", f"{b['elbo']:.2f}", help="recon - KL")
     cols[3].metric("log p(x)", f"{b['log_px']:.2f}", help=f"importance sampled, K = {b['k']}")
     cols[4].metric("gap", f"{b['gap']:.2f}", help="log p(x) - ELBO: an estimate of KL(q(z|x) || p(z|x)) >= 0")
-    st.plotly_chart(charts.elbo_waterfall(b["recon"], b["kl"], b["log_px"],
+    common.chart(charts.elbo_waterfall(b["recon"], b["kl"], b["log_px"],
                                           f"Sample {i}: from the reconstruction term to log p(x)"),
                     key="elbo_waterfall")
     st.caption(f"Fig 1.4 with this sample's numbers, nats per sample (higher is better). Green: the "
@@ -60,7 +62,7 @@ def sample_breakdown(ckpt: cached.Checkpoint, i: int) -> None:
 def over_the_test_set(enc: explore.Encoded, i: int) -> None:
     """Histograms of every test sample's ELBO, recon and -KL, sample i marked."""
     st.subheader("Over the test set")
-    st.plotly_chart(charts.term_histograms({"elbo": enc.elbo, "recon": enc.recon, "kl": enc.kl},
+    common.chart(charts.term_histograms({"elbo": enc.elbo, "recon": enc.recon, "kl": enc.kl},
                                            marks={"elbo": enc.elbo[i], "recon": enc.recon[i], "kl": enc.kl[i]}),
                     key="term_histograms")
     st.caption(f"Each test sample's ELBO, recon and -KL (one draw of z), {enc.n} samples, nats per sample, "
@@ -70,7 +72,7 @@ def over_the_test_set(enc: explore.Encoded, i: int) -> None:
 def kl_per_dim(enc: explore.Encoded) -> None:
     """The mean KL of each latent dimension, inactive ones in grey."""
     kl_dims = enc.kl_per_dim.mean(0)
-    st.plotly_chart(charts.kl_per_dim_bars(kl_dims, enc.active_dims), key="kl_per_dim")
+    common.chart(charts.kl_per_dim_bars(kl_dims, enc.active_dims), key="kl_per_dim")
     st.caption("Mean KL(q(z_j|x) || p(z_j)) per latent dimension over the test set, nats per sample. "
                "Grey: an inactive unit (its mean mu_j(x) hardly varies, Cov < 0.01): the posterior has "
                "collapsed to the prior there and the dimension carries no information about x.")
@@ -80,7 +82,7 @@ def training_curves(run: Run) -> None:
     """The run's ELBO and its terms per epoch, from metrics.jsonl."""
     rows = run.metrics
     if rows:
-        st.plotly_chart(charts.training_curves(charts.metrics_arrays(rows), "Over training"),
+        common.chart(charts.training_curves(charts.metrics_arrays(rows), "Over training"),
                         key="elbo_training_curves")
         st.caption("Test (solid) and training (dashed) means per epoch, nats per sample, higher is better.")
     else:

@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 from explorer import charts
-from explorer.services import cached, explore, pictures
+from explorer.services import cached, explore, exports, pictures
 from explorer.views import common
 
 TRAVERSAL_SPAN = 3.0  # each traversal moves one z_j from -3 to 3
@@ -29,9 +29,13 @@ def prior_samples(page: common.ExplorePage) -> None:
     n, seed = sample_controls()
     samples = cached.samples(page.checkpoint, n, seed)
     if page.enc.is_image:
-        st.image(pictures.png(samples, ncols=min(n, 16), size=56), caption=f"{n} samples, seed {seed}")
+        grid = pictures.png(samples, ncols=min(n, 16), size=56)
+        st.image(grid, caption=f"{n} samples, seed {seed}")
+        st.download_button("Sample grid (PNG)", grid, key="download_samples", icon=":material/download:",
+                           file_name=f"{exports.file_stem(page.summary.name, 'samples', f'seed{seed}')}.png",
+                           mime="image/png", on_click="ignore")
     elif samples.ndim == 2 and samples.shape[1] == 2:
-        st.plotly_chart(charts.data_scatter(page.enc.x, {"decoded prior samples": samples},
+        common.chart(charts.data_scatter(page.enc.x, {"decoded prior samples": samples},
                                             "Decoded prior samples over the test data"), key="gen_scatter")
     else:
         st.dataframe(samples.reshape(n, -1)[:20], key="gen_table")
@@ -67,6 +71,10 @@ def latent_traversals(page: common.ExplorePage) -> None:
     images = cached.traversals(page.checkpoint, dims, steps, TRAVERSAL_SPAN)
     labels = [f"z{j + 1} (KL {kl_dims[j]:.2f})" for j in dims]
     show_traversals(enc, images, steps, labels)
+    if enc.is_image:
+        st.download_button("Traversal strips (PNG)", pictures.png(images, ncols=steps, size=56),
+                           key="download_traversals", icon=":material/download:", on_click="ignore",
+                           file_name=f"{exports.file_stem(page.summary.name, 'traversals')}.png", mime="image/png")
 
 
 def traversal_controls(d: int) -> tuple[int, int]:
@@ -84,7 +92,7 @@ def show_traversals(enc: explore.Encoded, images: np.ndarray, steps: int, labels
                  caption="rows, top to bottom: " + ", ".join(labels))
     elif images.ndim == 2 and images.shape[1] == 2:
         pts = {labels[r]: images[r * steps:(r + 1) * steps] for r in range(len(labels))}
-        st.plotly_chart(charts.data_scatter(enc.x, pts, "Traversals decoded, in data space"),
+        common.chart(charts.data_scatter(enc.x, pts, "Traversals decoded, in data space"),
                         key="traversal_scatter")
     else:
         st.dataframe({labels[r]: np.round(images[r * steps:(r + 1) * steps].reshape(steps, -1)[:, 0], 3)

@@ -7,7 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from explorer import charts, state
-from explorer.services import explore
+from explorer.services import cached, explore, exports, uploads
 from explorer.services import runs as run_service
 from explorer.views import common
 from trainer import TrainerError
@@ -23,11 +23,13 @@ def main() -> None:
     intro(root)
     if not summaries:
         if not common.runs_folder_problem():  # else the sidebar said why
-            st.info("No runs yet. Start one on the **Train** page.")
+            st.info("No runs yet. Start one on the **Train** page, or import one below.")
             st.page_link("views/train.py", label="Go to Train", icon=":material/model_training:")
+            import_a_run(root)
         return
     rows = runs_table(summaries)
     compare_runs(root, summaries, rows)
+    results_out(root, summaries)
     delete_a_run(root, summaries)
     estimate_missing(summaries)
 
@@ -139,7 +141,7 @@ def compare_runs(root: Path, summaries: list[run_service.RunSummary], rows: list
     for name in picked:
         m = charts.metrics_arrays(run_service.read_metrics(root / name))
         curves[name] = (m["epoch"], m[f"{split}_{term}"])
-    st.plotly_chart(charts.compare_curves(curves, term, split), key="compare_chart")
+    common.chart(charts.compare_curves(curves, term, split), key="compare_chart")
     st.caption("One line per run. " + common.NATS_NOTE + " (-KL is drawn, so higher is better too.)")
     st.dataframe([{k: v for k, v in r.items() if k in COMPARED_COLUMNS} for r in rows if r["run"] in picked],
                  hide_index=True, key="compare_table", width="stretch")
@@ -153,6 +155,51 @@ def default_compared(summaries: list[run_service.RunSummary], active: run_servic
     same = [s.name for s in summaries if s.trained and s.name != active.name and s.config is not None
             and s.config.data == active.config.data]
     return ([active.name] if active.epoch > 0 else []) + same[:most - 1]
+
+
+# -- results out: the active run's codes, the whole run as a zip, a zip imported ------------------
+
+def results_out(root: Path, summaries: list[run_service.RunSummary]) -> None:
+    st.subheader("Results out")
+    active = next((s for s in summaries if s.name == state.get("run")), None)
+    if active is not None and active.trained:
+        c1, c2 = st.columns(2)
+        with c1:
+            common.download_codes(cached.checkpoint(active.path), active.name, key="download_codes_runs")
+        with c2:
+            if run_service.bundle_available():
+                st.download_button(f"{active.name} as one zip", lambda: run_service.export_bundle(active.path),
+                                   file_name=f"{exports.file_stem(active.name)}.zip", mime="application/zip",
+                                   key="download_run_zip", icon=":material/download:", on_click="ignore",
+                                   help="The run folder (settings, weights, metrics) as one zip; "
+                                        "`python -m trainer import FILE.zip --runs DIR` or the uploader below "
+                                        "opens it on another machine.")
+            else:
+                st.caption(f"The whole run as one zip: {run_service.BUNDLE_MISSING}.")
+    else:
+        st.caption("Choose a trained run (in the table or the sidebar) to download its results.")
+    import_a_run(root)
+
+
+def import_a_run(root: Path) -> None:
+    st.file_uploader("Import a run (a zip exported from this app or `python -m trainer export`)", type=["zip"],
+                     key="import_bundle", on_change=_import, args=(root,))
+    said = st.session_state.pop("_import_result", None)
+    if said:
+        (st.success if said[0] == "ok" else st.error)(said[1])
+
+
+def _import(root: Path) -> None:
+    f = st.session_state.get("import_bundle")
+    if f is None:
+        return
+    try:
+        name = run_service.import_bundle(root, f.name, f.getvalue(), uploads.MAX_UPLOAD_MB * 2**20)
+    except TrainerError as e:
+        st.session_state["_import_result"] = ("error", f"Not imported: {e}")
+        return
+    state.set("run", name)
+    st.session_state["_import_result"] = ("ok", f"Imported {name}: it is now the active run.")
 
 
 # -- deleting a run ------------------------------------------------------------------------------

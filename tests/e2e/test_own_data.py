@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -233,4 +234,77 @@ def test_uploads_a_person_can_manage(server, tab):
     alert(page, "Success", "Deleted the upload other.csv").wait_for()
     assert not upload_path.exists()
     assert "other.csv" not in stored(server)
+    harness.assert_no_traceback(page)
+
+
+# -- downloads -------------------------------------------------------------------------------
+
+def download(page, label: str) -> bytes:
+    """Press the download button `label`; the file's bytes as the browser saved them."""
+    with page.expect_download() as info:
+        page.get_by_role("button", name=label).click()
+    return Path(info.value.path()).read_bytes()
+
+
+def png_file_name(chart) -> str:
+    """The file name plotly's camera button saves the chart's PNG under."""
+    return chart.locator(".js-plotly-plot").first.evaluate("el => el._context.toImageButtonOptions.filename")
+
+
+def test_downloads(server, tab):
+    import csv
+    import io
+
+    import numpy as np
+    import torch
+
+    from trainer import load_run
+
+    page = tab
+    run = load_run(server.runs_dir / "c")
+    data = run.load_data()
+    with torch.no_grad():
+        q = run.encode(data.x_test)  # q(z|x) of every test sample, straight from the trainer
+
+    # the ELBO page: the test set's codes as CSV
+    open_view(page, server, "elbo", "ELBO breakdown", run="c")
+    rows = list(csv.DictReader(io.StringIO(download(page, "Test-set codes (CSV)").decode())))
+    assert len(rows) == len(data.x_test)
+    assert list(rows[0])[:2] == ["index", *data.label_names][:2]
+    mu = np.array([[float(r["mu_1"]), float(r["mu_2"])] for r in rows])
+    logvar = np.array([[float(r["logvar_1"]), float(r["logvar_2"])] for r in rows])
+    np.testing.assert_allclose(mu, q.mu.numpy(), atol=1e-5)
+    np.testing.assert_allclose(logvar, q.logvar.expand_as(q.mu).numpy(), atol=1e-5)
+    np.testing.assert_allclose([float(r["map_x_z"]) for r in rows], mu[:, 0])  # d = 2: the map is z itself
+    np.testing.assert_array_equal([float(r[data.label_names[0]]) for r in rows], data.y_test[:, 0])
+    elbo = np.array([float(r["elbo"]) for r in rows])
+    np.testing.assert_allclose(elbo, [float(r["recon"]) - float(r["kl"]) for r in rows], atol=1e-4)
+    assert png_file_name(harness.keyed(page, "elbo_waterfall")) == "c-elbo-elbo_waterfall"
+
+    # Generate: the sample grid as the PNG the page shows
+    open_view(page, server, "generate", "Generate", run="c")
+    harness.wait_drawn(page)
+    grid = download(page, "Sample grid (PNG)")
+    assert grid[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    saved = np.asarray(Image.open(io.BytesIO(grid)).convert("L"), dtype=float)
+    shown = np.asarray(Image.open(io.BytesIO(harness.image_bytes(  # the page shows it as a JPEG
+        page, harness.captioned_image(page, "64 samples, seed 0")))).convert("L"), dtype=float)
+    assert saved.shape == shown.shape and np.abs(saved - shown).mean() < 4, "the PNG is not the grid shown"
+    strips = download(page, "Traversal strips (PNG)")
+    assert strips[:8] == b"\x89PNG\r\n\x1a\n" and strips != grid
+
+    # Runs: the active run's codes, the same file; the whole-run zip waits for trainer.bundle
+    open_view(page, server, "runs", "Runs", run="c")
+    again = download(page, "Test-set codes (CSV)")
+    assert list(csv.DictReader(io.StringIO(again.decode()))) == rows
+    assert png_file_name(harness.keyed(page, "compare_chart")) == "c-runs-compare_chart"
+    from explorer.services import runs as run_service
+
+    if not run_service.bundle_available():
+        assert page.get_by_text(run_service.BUNDLE_MISSING).count() == 1
+    else:
+        bundle = download(page, "c as one zip")
+        assert bundle[:2] == b"PK"
     harness.assert_no_traceback(page)
