@@ -38,6 +38,16 @@ def codes_csv(enc: Encoded, projection: Projection) -> bytes:
     return out.getvalue().encode("utf-8")
 
 
+def vectors_csv(values: np.ndarray, feature_names: list[str]) -> bytes:
+    """Vectors (N, D), e.g. decoded samples, as CSV with the features' names as the header."""
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(feature_names)
+    for row in np.asarray(values).reshape(len(values), -1):
+        w.writerow([_num(v) for v in row])
+    return out.getvalue().encode("utf-8")
+
+
 def _num(v) -> str:
     v = float(v)
     if v == int(v) and abs(v) < 2**53:

@@ -76,6 +76,24 @@ def chart(fig, key: str, **kwargs):
                            **kwargs)
 
 
+@st.cache_data(max_entries=32, show_spinner=False)
+def _feature_names(data_spec: str, seed: int, d: int) -> list[str]:
+    from trainer import load_dataset
+
+    try:
+        names = getattr(load_dataset(data_spec, seed), "feature_names", None)
+    except TrainerError:
+        names = None
+    names = [str(n) for n in names] if names is not None else []
+    return names if len(names) == d else [f"x{j + 1}" for j in range(d)]
+
+
+def feature_names(run: Run, d: int) -> list[str]:
+    """The names of the d features of the run's data (the file's column names where the data
+    set keeps them: LoadedData/Dataset.feature_names), else x1..xd."""
+    return _feature_names(run.config.data, run.config.train.seed, d)
+
+
 def download_codes(ckpt: cached.Checkpoint, run_name: str, key: str) -> None:
     """A button that downloads the test set's codes as CSV (see exports.codes_csv)."""
     def make() -> bytes:

@@ -38,7 +38,16 @@ def prior_samples(page: common.ExplorePage) -> None:
         common.chart(charts.data_scatter(page.enc.x, {"decoded prior samples": samples},
                                             "Decoded prior samples over the test data"), key="gen_scatter")
     else:
-        st.dataframe(samples.reshape(n, -1)[:20], key="gen_table")
+        names = common.feature_names(page.run, samples.reshape(n, -1).shape[1])
+        flat = samples.reshape(n, -1)
+        common.chart(charts.feature_heatmap(flat, names, [f"sample {i + 1}" for i in range(n)],
+                                            f"{n} decoded prior samples, every feature", row_title="sample"),
+                     key="gen_heatmap")
+        st.dataframe({name: np.round(flat[:, j], 4) for j, name in enumerate(names)}, key="gen_table",
+                     height=min(400, 38 + 35 * n))
+        st.download_button("Samples (CSV)", exports.vectors_csv(flat, names), key="download_samples_csv",
+                           file_name=f"{exports.file_stem(page.summary.name, 'samples', f'seed{seed}')}.csv",
+                           mime="text/csv", icon=":material/download:", on_click="ignore")
 
 
 def sample_controls() -> tuple[int, int]:
@@ -70,7 +79,7 @@ def latent_traversals(page: common.ExplorePage) -> None:
     dims = tuple(int(j) for j in order[:shown])
     images = cached.traversals(page.checkpoint, dims, steps, TRAVERSAL_SPAN)
     labels = [f"z{j + 1} (KL {kl_dims[j]:.2f})" for j in dims]
-    show_traversals(enc, images, steps, labels)
+    show_traversals(enc, images, steps, labels, common.feature_names(page.run, images.reshape(len(images), -1).shape[1]))
     if enc.is_image:
         st.download_button("Traversal strips (PNG)", pictures.png(images, ncols=steps, size=56),
                            key="download_traversals", icon=":material/download:", on_click="ignore",
@@ -85,8 +94,10 @@ def traversal_controls(d: int) -> tuple[int, int]:
     return shown, steps
 
 
-def show_traversals(enc: explore.Encoded, images: np.ndarray, steps: int, labels: list[str]) -> None:
-    """One row per dimension: images, points over the 2-D data, or a table of first coordinates."""
+def show_traversals(enc: explore.Encoded, images: np.ndarray, steps: int, labels: list[str],
+                    names: list[str]) -> None:
+    """One row per dimension: images, points over the 2-D data, or for other vectors a heatmap
+    per dimension (a row per z value, a column per named feature)."""
     if enc.is_image:
         st.image(pictures.png(images, ncols=steps, size=56),
                  caption="rows, top to bottom: " + ", ".join(labels))
@@ -94,9 +105,14 @@ def show_traversals(enc: explore.Encoded, images: np.ndarray, steps: int, labels
         pts = {labels[r]: images[r * steps:(r + 1) * steps] for r in range(len(labels))}
         common.chart(charts.data_scatter(enc.x, pts, "Traversals decoded, in data space"),
                         key="traversal_scatter")
-    else:
-        st.dataframe({labels[r]: np.round(images[r * steps:(r + 1) * steps].reshape(steps, -1)[:, 0], 3)
-                      for r in range(len(labels))}, key="traversal_table")
+    else:  # vectors: one heatmap per dimension, a row per z value, every feature by name
+        values = np.linspace(-TRAVERSAL_SPAN, TRAVERSAL_SPAN, steps)
+        for r, label in enumerate(labels):
+            rows = images[r * steps:(r + 1) * steps].reshape(steps, -1)
+            j = label.split(" ")[0]
+            common.chart(charts.feature_heatmap(rows, names, [f"{j} = {v:+.2f}" for v in values],
+                                                f"Traversal of {label}: the decoded features as {j} moves",
+                                                row_title=j), key=f"traversal_heatmap_{r}")
 
 
 if __name__ == "__main__":
