@@ -87,20 +87,8 @@ def list_runs(root: Path) -> list[RunSummary]:
     if not root.is_dir():
         return []
     folders = [p for p in root.iterdir() if is_run_folder(p)]
-    folders.sort(key=_last_written, reverse=True)
+    folders.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     return [summarize(p) for p in folders]
-
-
-def _last_written(path: Path) -> float:
-    """When the run's own files last changed (settings, job, status): the app's files in the
-    folder (EVALUATION_FILE) do not move a run up the list."""
-    times = []
-    for name in ("config.json", jobs.JOB_FILE, "status.json"):
-        try:
-            times.append((path / name).stat().st_mtime)
-        except OSError:
-            pass
-    return max(times) if times else path.stat().st_mtime
 
 
 def summarize(path: Path) -> RunSummary:
@@ -204,8 +192,12 @@ def evaluation(path: Path, k: int = EVAL_K) -> dict:
     key = checkpoint_key(path)
     ev = {name: _finite_or_none(v) for name, v in evaluate_run(open_run(path), "test", k=k).items()}
     if key is not None and checkpoint_key(path) == key:  # the checkpoint did not change meanwhile
+        folder = os.stat(path)
         try:
             atomic_write_json(Path(path) / EVALUATION_FILE, {"checkpoint": key, "k": k, "evaluation": ev})
+            # the runs are listed newest first by their folder's time: keeping an estimate in
+            # the folder must not move the run up the list
+            os.utime(path, ns=(folder.st_atime_ns, folder.st_mtime_ns))
         except (OSError, TypeError, ValueError):
             pass
     return ev
@@ -264,13 +256,13 @@ def import_bundle(root: Path, filename: str, data: bytes, max_bytes: int) -> str
     Returns the new run's name; raises TrainerError with one line."""
     import tempfile
 
+    if len(data) > max_bytes:
+        raise TrainerError(f"{filename}: the bundle is {len(data) / 2**20:.0f} MB, more than the limit of "
+                           f"{max_bytes / 2**20:.0f} MB")
     try:
         from trainer.bundle import import_bundle as unpack
     except ImportError:
         raise TrainerError(BUNDLE_MISSING) from None
-    if len(data) > max_bytes:
-        raise TrainerError(f"{filename}: the bundle is {len(data) / 2**20:.0f} MB, more than the limit of "
-                           f"{max_bytes / 2**20:.0f} MB")
     Path(root).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="vae-import-") as tmp:
         path = Path(tmp) / "bundle.zip"

@@ -29,8 +29,7 @@ def server(tmp_path_factory, digits_run):
     now = time.time()
     for i, name in enumerate(reversed(RUNS)):
         shutil.copytree(digits_run, runs / name, ignore=shutil.ignore_patterns(".lock", "log_px.json"))
-        for f in (runs / name).iterdir():
-            os.utime(f, (now + i, now + i))
+        os.utime(runs / name, (now + i, now + i))
     app = harness.start_app(runs, base / "streamlit.log")
     yield app
     harness.stop_app(app)

@@ -16,6 +16,7 @@ import torch
 
 from explorer.services import jobs, reliability
 from explorer.services import runs as run_service
+from trainer import TrainerError
 from tests.explorer.explorer_helpers import assert_clean
 
 
@@ -163,8 +164,7 @@ def test_selection_follows_the_active_run_and_compare_stays_on_one_data_set(tmp_
     shutil.copytree(variety_runs / "gmm-2d", root / "gmm")
     now = time.time()
     for i, name in enumerate(("gmm", "c", "b", "a")):  # newest first: a, b, c, gmm
-        for f in (root / name).iterdir():
-            os.utime(f, (now + i, now + i))
+        os.utime(root / name, (now + i, now + i))
     at = make_app(root, view="runs", run="b")
     at.run(timeout=300)
     assert_clean(at)
@@ -217,3 +217,10 @@ def test_missing_run_and_runs_folder_are_said(tmp_path, digits_run, make_app):
     assert len(errors) == 1 and "does not exist" in errors[0], errors
     assert not any("no trained run yet" in i.value for i in at.info)
     torch.set_num_threads(1)
+
+
+def test_an_oversized_bundle_is_refused_before_anything_is_written(tmp_path):
+    root = tmp_path / "runs"
+    with pytest.raises(TrainerError, match="more than the limit of 1 MB"):
+        run_service.import_bundle(root, "big.zip", b"PK" + bytes(2 * 2**20), max_bytes=2**20)
+    assert not root.exists()
