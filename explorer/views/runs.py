@@ -55,9 +55,10 @@ def runs_table(summaries: list[run_service.RunSummary]) -> list[dict]:
     rows = [run_service.table_row(s, stored.get(s.name)) for s in summaries]
     names = [s.name for s in summaries]
     st.session_state["_runs_table_names"] = names
-    follow_active_run(names)
-    st.dataframe(rows, key="runs_table", on_select=_on_pick, selection_mode="single-row", hide_index=True,
-                 width="stretch")
+    key, selected = table_key(names)
+    with st.container(key="runs_table"):
+        st.dataframe(rows, key=key, on_select=lambda: _on_pick(key), selection_mode="single-row",
+                     selection_default={"selection": {"rows": selected}}, hide_index=True, width="stretch")
     st.caption(f"Active run: **{state.get('run')}**. Select a row to make it the active run (or use the "
                "sidebar). sigma_dec is the decoder's noise scale (learned: its final value). "
                "log p(x) 'unreliable' says why its estimate cannot be trusted.")
@@ -67,17 +68,17 @@ def runs_table(summaries: list[run_service.RunSummary]) -> list[dict]:
     return rows
 
 
-def follow_active_run(names: list[str]) -> None:
-    """The table's selected row is the active run's (after a delete, a pick in the sidebar):
-    never a row that now holds another run."""
+def table_key(names: list[str]) -> tuple[str, list[int]]:
+    """The table's widget key and its ticked row: the active run's. The key names the rows and
+    the active run, so that a new list (after a delete) or another active run (picked in the
+    sidebar) draws a new table ticked on the active run, never a kept tick on a row that now
+    holds another run."""
+    import hashlib
+
     active = state.get("run")
-    want = [names.index(active)] if active in names else []
-    try:
-        have = list(st.session_state["runs_table"]["selection"]["rows"])
-    except (KeyError, TypeError):
-        have = None
-    if have != want:
-        st.session_state["runs_table"] = {"selection": {"rows": want, "columns": []}}
+    selected = [names.index(active)] if active in names else []
+    digest = hashlib.sha1("\n".join(names).encode()).hexdigest()[:10]
+    return f"runs_table_{digest}_{selected[0] if selected else 'none'}", selected
 
 
 def estimate_missing(summaries: list[run_service.RunSummary]) -> None:
@@ -101,10 +102,10 @@ def estimate_missing(summaries: list[run_service.RunSummary]) -> None:
     st.rerun()
 
 
-def _on_pick() -> None:
+def _on_pick(key: str) -> None:
     names = st.session_state.get("_runs_table_names", [])
     try:
-        rows = st.session_state["runs_table"]["selection"]["rows"]
+        rows = st.session_state[key]["selection"]["rows"]
     except (KeyError, TypeError):
         return
     if rows and 0 <= rows[0] < len(names):
