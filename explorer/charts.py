@@ -341,3 +341,17 @@ def vector_bars(vectors: dict[str, np.ndarray], title: str) -> go.Figure:
     fig.update_layout(barmode="group")
     fig.update_yaxes(title="value (data units)")
     return _layout(fig, title, height=300)
+
+
+def feature_heatmap(values: np.ndarray, feature_names: list[str], row_names: list[str], title: str,
+                    row_title: str = "") -> go.Figure:
+    """Vectors (R, D) as a heatmap: one row per vector, one column per named feature, the
+    value (data units) as colour and in the hover."""
+    values = np.asarray(values, dtype=float).reshape(len(row_names), -1)
+    fig = go.Figure(go.Heatmap(z=values, x=list(feature_names), y=list(row_names), colorscale="RdBu_r",
+                               zmid=0 if values.size and values.min() < 0 < values.max() else None,
+                               colorbar=dict(title="value"),
+                               hovertemplate="%{y}<br>%{x} = %{z:.4g}<extra></extra>"))
+    fig.update_yaxes(title=row_title, autorange="reversed", type="category")
+    fig.update_xaxes(title="feature", type="category")
+    return _layout(fig, title, height=max(260, min(900, 60 + 18 * len(row_names))))

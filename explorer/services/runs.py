@@ -3,6 +3,14 @@
 A run folder is a sub-folder of the runs folder holding the trainer's files (config.json,
 model.safetensors, metrics.jsonl, status.json) and, when the app started it, job.json and
 train.log. `uploads/` holds the user's uploaded data sets and is not a run.
+
+The Runs table's log p(x) is estimated once per checkpoint and kept in the run folder:
+
+    log_px.json   {"checkpoint": {"bytes", "mtime_ns"}, "k": K, "evaluation": {...}}
+
+`evaluation(path)` returns it while the checkpoint is the same file (same size, same
+modification time), and estimates it again (trainer.evaluate_run) once the run trained
+further; `stored_evaluation(path)` only reads it, so the Runs page opens without estimating.
 """
 
 from __future__ import annotations
@@ -16,14 +24,17 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from trainer import Run, RunConfig, TrainerError, load_run
+from trainer import Run, RunConfig, TrainerError, evaluate_run, load_run
+from trainer.fileio import atomic_write_json
 from trainer.likelihoods import LIKELIHOODS
 from trainer.runs import read_metrics
 
 from . import jobs
+from .explore import EVAL_K
 
 DEFAULT_RUNS_DIR = "runs"
 UPLOADS = "uploads"
+EVALUATION_FILE = "log_px.json"  # the Runs table's evaluation, kept per checkpoint
 
 # The app's own torch work (encoding a test set, decoding a path) is small: one thread by
 # default keeps it from competing with a training job for the cores.
@@ -52,6 +63,17 @@ class RunSummary:
     def trained(self) -> bool:
         """It has weights to explore (done, or stopped after at least one epoch)."""
         return (self.path / "model.safetensors").exists() and self.epoch > 0 and self.state not in jobs.ACTIVE
+
+
+def runs_folder_problem(root: Path) -> str | None:
+    """Why `root` cannot be the runs folder (one line saying what to do), or None if it can."""
+    root = Path(root)
+    if root.is_dir():
+        return None
+    if root.exists():
+        return f"The runs folder {root} is a file, not a folder: type the folder of your runs in the sidebar."
+    return (f"The runs folder {root} does not exist: check its spelling in the sidebar (Runs folder), "
+            "or train a run on the Train page to create it.")
 
 
 def is_run_folder(path: Path) -> bool:
@@ -122,6 +144,132 @@ def open_run(path: Path) -> Run:
     return _open_run(str(Path(path).resolve()), checkpoint_mtime(path))
 
 
+# -- the Runs table's evaluation, kept in the run folder -------------------------------------
+
+def checkpoint_key(path: Path) -> dict | None:
+    """What identifies the run's weights on disk: model.safetensors' size and modification
+    time (ns); None when there is no checkpoint."""
+    try:
+        st_ = os.stat(Path(path) / "model.safetensors")
+    except OSError:
+        return None
+    return {"bytes": st_.st_size, "mtime_ns": st_.st_mtime_ns}
+
+
+def stored_evaluation(path: Path, k: int = EVAL_K) -> dict | None:
+    """The evaluation kept in the run folder for its current checkpoint and this K, or None
+    (none yet, an older checkpoint's, another K, or an unreadable file)."""
+    import json
+
+    key = checkpoint_key(path)
+    try:
+        saved = json.loads((Path(path) / EVALUATION_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if key is None or not isinstance(saved, dict) or saved.get("checkpoint") != key or saved.get("k") != k \
+            or not isinstance(saved.get("evaluation"), dict):
+        return None
+    return saved["evaluation"]
+
+
+def _finite_or_none(v):
+    """JSON keeps no NaN: a non-finite number is kept as None (shown as unreliable)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, list):
+        return [_finite_or_none(x) for x in v]
+    return v
+
+
+def evaluation(path: Path, k: int = EVAL_K) -> dict:
+    """trainer.evaluate_run on the test split (per-sample means, nats; log_px with K = k
+    importance samples), estimated once per checkpoint and kept in the run folder
+    (EVALUATION_FILE, written atomically); a non-finite figure is kept as None. A run folder
+    that cannot be written to is estimated again next time. Raises TrainerError."""
+    saved = stored_evaluation(path, k)
+    if saved is not None:
+        return saved
+    key = checkpoint_key(path)
+    ev = {name: _finite_or_none(v) for name, v in evaluate_run(open_run(path), "test", k=k).items()}
+    if key is not None and checkpoint_key(path) == key:  # the checkpoint did not change meanwhile
+        folder = os.stat(path)
+        try:
+            atomic_write_json(Path(path) / EVALUATION_FILE, {"checkpoint": key, "k": k, "evaluation": ev})
+            # the runs are listed newest first by their folder's time: keeping an estimate in
+            # the folder must not move the run up the list
+            os.utime(path, ns=(folder.st_atime_ns, folder.st_mtime_ns))
+        except (OSError, TypeError, ValueError):
+            pass
+    return ev
+
+
+def waiting_for_slot(run_dir: Path) -> tuple[int, int] | None:
+    """(position, length) of the run in the training queue when its job really waits: other
+    jobs hold every slot, or others are ahead of it. None when it is not queued or is only
+    starting (first in line with a free slot: the job takes it within a moment)."""
+    run_dir = Path(run_dir)
+    waiting = jobs.queue_position(run_dir)
+    if waiting is None:
+        return None
+    if waiting[0] > 1:
+        return waiting
+    holding = 0  # jobs of this runs folder that hold a training slot now
+    for d in run_dir.parent.iterdir():
+        job = jobs.read_job(d) if d.is_dir() and d != run_dir else None
+        if job and "slot" in job:
+            js = jobs.job_state(d)
+            holding += js is not None and js.active
+    return waiting if holding >= jobs.max_concurrent_jobs() else None
+
+
+# -- a whole run as one zip (trainer.bundle) -----------------------------------------------
+
+BUNDLE_MISSING = "export needs trainer.bundle"
+
+
+def bundle_available() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("trainer.bundle") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def export_bundle(run_dir: Path) -> bytes:
+    """The run folder as one zip (trainer.bundle.export_run), as bytes. Raises TrainerError."""
+    import tempfile
+
+    try:
+        from trainer.bundle import export_run
+    except ImportError:
+        raise TrainerError(BUNDLE_MISSING) from None
+    with tempfile.TemporaryDirectory(prefix="vae-export-") as tmp:
+        out = Path(tmp) / f"{Path(run_dir).name}.zip"
+        export_run(Path(run_dir), out)
+        return out.read_bytes()
+
+
+def import_bundle(root: Path, filename: str, data: bytes, max_bytes: int) -> str:
+    """A zip made by export_bundle, uploaded: checked and unpacked into the runs folder as a
+    new run (trainer.bundle.import_bundle, which refuses a bad bundle and writes nothing).
+    Returns the new run's name; raises TrainerError with one line."""
+    import tempfile
+
+    if len(data) > max_bytes:
+        raise TrainerError(f"{filename}: the bundle is {len(data) / 2**20:.0f} MB, more than the limit of "
+                           f"{max_bytes / 2**20:.0f} MB")
+    try:
+        from trainer.bundle import import_bundle as unpack
+    except ImportError:
+        raise TrainerError(BUNDLE_MISSING) from None
+    Path(root).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="vae-import-") as tmp:
+        path = Path(tmp) / "bundle.zip"
+        path.write_bytes(data)
+        return Path(unpack(path, Path(root))).name
+
+
 def delete_run(root: Path, name: str) -> None:
     """Delete run `name` from `root`; refuses while it trains or if it is not a run folder."""
     root = Path(root).resolve()
@@ -140,6 +288,14 @@ def fmt(v, digits: int = 2) -> str:
     if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
         return f"{v:.{digits}f}"
     return ""
+
+
+def log_px_text(ev: dict) -> str:
+    """The Runs table's log p(x): the number, or 'unreliable: why' (see reliability)."""
+    from .reliability import reliability
+
+    why = reliability(ev)
+    return f"unreliable: {why}" if why else fmt(ev.get("log_px"))
 
 
 def table_row(s: RunSummary, evaluation: dict | None = None) -> dict:
@@ -163,11 +319,12 @@ def table_row(s: RunSummary, evaluation: dict | None = None) -> dict:
         "likelihood": c.model.likelihood if c else "",
         "sigma_dec": sigma,
         "beta": c.train.beta if c else None,
+        "seed": c.train.seed if c else None,
         "epochs": f"{s.epoch}/{s.epochs}",
         "test ELBO": fmt(ev.get("elbo", s.final.get("test_elbo"))),
         "recon": fmt(ev.get("recon", s.final.get("test_recon"))),
         "KL": fmt(ev.get("kl", s.final.get("test_kl"))),
-        "log p(x)": fmt(ev.get("log_px")),
+        "log p(x)": log_px_text(ev) if evaluation is not None else "",
         "active units": s.final.get("active_units") if s.final.get("active_units") is not None else "",
         "message": s.message,
     }

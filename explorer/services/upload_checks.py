@@ -251,6 +251,7 @@ def check_images_zip(name: str, data: bytes, limits: UploadLimits = DEFAULT_LIMI
     if others:
         raise _upload_error(name, f"the archive holds files that are not images ({others[0][:60]!r})",
                             "zip a folder that holds only PNG/JPEG images")
+    images_zip_prefix(name, [i.filename for i in images])
     left, values = limits.max_unpacked_bytes, 0
     for info in images:
         raw = _read_image_member(name, zf, info, min(limits.max_member_bytes, left))
@@ -260,6 +261,27 @@ def check_images_zip(name: str, data: bytes, limits: UploadLimits = DEFAULT_LIMI
             raise _upload_error(name, f"the images hold more than {limits.max_total_values:,} values in all",
                                 "upload fewer or smaller images")
     return [i.filename for i in images]
+
+
+def _parts(path: str) -> list[str]:
+    return [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
+
+
+def images_zip_prefix(name: str, members: list[str]) -> str:
+    """How a .zip of images is laid out: images side by side, or one folder per class
+    (cat/1.png, dog/7.png: the folder names become labels), either of them possibly inside
+    one top folder, which is dropped. Returns that top folder ('' if none); raises
+    TrainerError when some images lie in class folders and others do not."""
+    parts = [_parts(m) for m in members]
+    prefix = ""
+    if len({p[0] for p in parts}) == 1 and all(len(p) > 1 for p in parts):
+        prefix = parts[0][0]
+        parts = [p[1:] for p in parts]
+    loose = [p for p in parts if len(p) == 1]
+    if loose and len(loose) < len(parts):
+        raise _upload_error(name, f"some images are in class folders and some are not (e.g. {loose[0][0][:60]!r})",
+                            "put every image in the folder of its class")
+    return prefix
 
 
 def _is_image_member(path: str) -> bool:
@@ -275,7 +297,9 @@ def _ignorable(path: str) -> bool:
 def extract_images_zip(name: str, data: bytes, target: Path, limits: UploadLimits = DEFAULT_LIMITS) -> int:
     """Unpack a checked .zip of images into the new folder `target`, keeping sub-folders (they
     become labels) but never leaving `target`; returns the number of images written."""
-    members = set(check_images_zip(name, data, limits))
+    members = check_images_zip(name, data, limits)
+    prefix = images_zip_prefix(name, members)
+    members = set(members)
     zf, infos = _zip_members(name, data, limits)
     target = Path(target)
     target.mkdir(parents=True, exist_ok=False)
@@ -284,8 +308,8 @@ def extract_images_zip(name: str, data: bytes, target: Path, limits: UploadLimit
     for info in infos:
         if info.filename not in members:
             continue
-        parts = [p for p in _safe_member(name, info).split("/") if p not in ("", ".")]
-        dest = root.joinpath(*parts)
+        parts = _parts(_safe_member(name, info))
+        dest = root.joinpath(*(parts[1:] if prefix else parts))  # the top folder dropped
         if root not in dest.resolve().parents:
             raise _upload_error(name, f"the archive holds a path that escapes its folder ({info.filename[:60]!r})")
         raw = _read_image_member(name, zf, info, limits.max_member_bytes)
@@ -428,4 +452,4 @@ def validate_upload(files: list[tuple[str, bytes]], limits: UploadLimits = DEFAU
 
 
 __all__ = ["UploadLimits", "DEFAULT_LIMITS", "expected_kind", "check_upload", "validate_upload", "check_npy", "check_npz", "check_images_zip",
-           "extract_images_zip", "check_image", "check_gzipped_idx", "check_idx", "check_csv"]
+           "images_zip_prefix", "extract_images_zip", "check_image", "check_gzipped_idx", "check_idx", "check_csv"]

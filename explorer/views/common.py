@@ -12,7 +12,7 @@ import numpy as np
 import streamlit as st
 
 from explorer import charts, state
-from explorer.services import cached, explore, jobs, pictures
+from explorer.services import cached, explore, exports, jobs, pictures
 from explorer.services import runs as run_service
 from trainer import Run, RunConfig, TrainerError
 from trainer.runs import read_metrics
@@ -25,6 +25,14 @@ def runs_root() -> Path:
     """The runs folder chosen in the sidebar ($VAE_RUNS_DIR or runs/ by default)."""
     value = st.session_state.get("runs_dir") or str(run_service.default_runs_dir())
     return Path(value).expanduser().resolve()
+
+
+def runs_folder_problem() -> str | None:
+    """Why the runs folder typed in the sidebar cannot be used (it does not exist, it is a
+    file), or None. The default folder may be missing: a first start creates it."""
+    root = runs_root()
+    return None if root == run_service.default_runs_dir() and not root.exists() \
+        else run_service.runs_folder_problem(root)
 
 
 def autostart_enabled() -> bool:
@@ -62,6 +70,43 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
+def chart(fig, key: str, **kwargs):
+    """st.plotly_chart whose camera button saves RUN-VIEW-KEY.png (not plot-image.png)."""
+    return st.plotly_chart(fig, key=key, config=exports.figure_config(state.get("run"), state.get("view"), key),
+                           **kwargs)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _feature_names(data_spec: str, seed: int, d: int) -> list[str]:
+    from trainer import load_dataset
+
+    try:
+        names = getattr(load_dataset(data_spec, seed), "feature_names", None)
+    except TrainerError:
+        names = None
+    names = [str(n) for n in names] if names is not None else []
+    return names if len(names) == d else [f"x{j + 1}" for j in range(d)]
+
+
+def feature_names(run: Run, d: int) -> list[str]:
+    """The names of the d features of the run's data (the file's column names where the data
+    set keeps them: LoadedData/Dataset.feature_names), else x1..xd."""
+    return _feature_names(run.config.data, run.config.train.seed, d)
+
+
+def download_codes(ckpt: cached.Checkpoint, run_name: str, key: str) -> None:
+    """A button that downloads the test set's codes as CSV (see exports.codes_csv)."""
+    def make() -> bytes:
+        enc = cached.encoded(ckpt)
+        return exports.codes_csv(enc, cached.projection(ckpt, "PCA"))
+
+    st.download_button("Test-set codes (CSV)", make, file_name=f"{exports.file_stem(run_name, 'codes')}.csv",
+                       mime="text/csv", key=key, icon=":material/download:", on_click="ignore",
+                       help="One row per test sample: labels, posterior mean mu_j and log-variance logvar_j per "
+                            "latent dimension, recon, kl and elbo (nats, one draw of z) and the latent map's "
+                            "coordinates (z for d <= 2, else PCA).")
+
+
 # -- sidebar -------------------------------------------------------------------------------------
 
 def sidebar() -> None:
@@ -71,16 +116,19 @@ def sidebar() -> None:
             st.session_state["runs_dir"] = str(run_service.default_runs_dir())
         st.text_input("Runs folder", key="runs_dir",
                       help="Folder holding one sub-folder per training run (default: $VAE_RUNS_DIR or runs/).")
-        summaries = run_service.list_runs(runs_root())
+        root = runs_root()
+        summaries = run_service.list_runs(root)
         names = [s.name for s in summaries]
         current = state.get("run")
-        if current not in names:
+        if current is None:
             trained = [s.name for s in summaries if s.trained]
             current = trained[0] if trained else (names[0] if names else None)
             state.set("run", current)
+        # A run that is not there (a link's ?run=, a run deleted elsewhere) is said, not
+        # swapped for another one: the page shows why, the selectbox waits for a choice.
         if names:
             by_name = {s.name: s for s in summaries}
-            st.session_state["active_run"] = current
+            st.session_state["active_run"] = current if current in names else None
             # No state for a run that is queued or training: this label is drawn once per full
             # rerun, which a training job does not cause, so it would go stale ('queued' while
             # the trainer runs). The job line below says what it is doing, refreshed live.
@@ -93,6 +141,17 @@ def sidebar() -> None:
         training = [str(s.path) for s in summaries if s.state in jobs.ACTIVE]
         if training:
             sidebar_jobs(training)
+    problem = runs_folder_problem()
+    if problem:
+        st.error(problem)
+    elif current is not None and current not in names:
+        st.error(missing_run_message(current, root))
+
+
+def missing_run_message(name: str, root: Path) -> str:
+    """One line: the active run (from a link, or deleted meanwhile) is not in the runs folder."""
+    return (f"There is no run named {name!r} in {root} (a mistyped link, or the run was deleted): "
+            "choose a run in the sidebar.")
 
 
 @st.fragment(run_every=1.0)
@@ -103,9 +162,12 @@ def sidebar_jobs(run_dirs: list[str]) -> None:
     if not any(js is not None and js.active for _, js in states):
         st.rerun(scope="app")
     for name, js in states:
-        waiting = jobs.queue_position(Path(run_dirs[0]).parent / name) if js is not None and js.active else None
+        waiting = run_service.waiting_for_slot(Path(run_dirs[0]).parent / name) if js is not None and js.active \
+            else None
         if waiting:
             st.caption(f":material/schedule: **{name}** waits in the queue: {waiting[0]} of {waiting[1]}")
+        elif js is not None and js.state == "queued":
+            st.caption(f":material/hourglass_top: **{name}** is starting")
         elif js is not None and js.active:
             st.caption(f":material/hourglass_top: **{name}** is training: epoch {js.epoch} of {js.epochs}")
         elif js is not None:
@@ -148,8 +210,8 @@ def trained_run() -> tuple[run_service.RunSummary, Run] | None:
     (no run yet, still training, failed, damaged)."""
     summary = active_summary()
     if summary is None:
-        if state.get("run"):
-            st.error(f"Run {state.get('run')!r} is not in {runs_root()}: choose another run in the sidebar.")
+        if runs_folder_problem() or state.get("run"):
+            pass  # the sidebar said it in the page: no runs folder, or no such run
         else:
             st.info("There is no trained run yet. Start one on the **Train** page.")
             st.page_link("views/train.py", label="Go to Train", icon=":material/model_training:")
@@ -215,17 +277,19 @@ def live_progress(run_dir: str) -> None:
     js = jobs.job_state(path)
     if js is None or not js.active:
         st.rerun(scope="app")
-    waiting = jobs.queue_position(path)
+    waiting = run_service.waiting_for_slot(path)
     if waiting:
         st.info(f"**{path.name}** waits in the training queue: position {waiting[0]} of {waiting[1]}; "
                 f"{jobs.max_concurrent_jobs()} job(s) train at a time and it starts by itself.",
                 icon=":material/schedule:")
+    elif js.state == "queued":  # first in line with a free slot: its process is starting
+        st.info(f"**{path.name}** is starting: the training process loads the data and builds the model; "
+                "its first epoch appears here in a few seconds.", icon=":material/hourglass_top:")
     st.progress(js.fraction, text=f"Training **{path.name}**: epoch {js.epoch} of {js.epochs} · "
                                   f"{fmt_seconds(js.eta_s)}")
     rows = read_metrics(path)
     if rows:
-        st.plotly_chart(charts.training_curves(charts.metrics_arrays(rows), "Live training curves"),
-                        key="live_curves")
+        chart(charts.training_curves(charts.metrics_arrays(rows), "Live training curves"), key="live_curves")
         st.caption("ELBO and its two terms per epoch, test split solid, training split dashed. " + NATS_NOTE)
     else:
         st.caption("Starting: loading the data and building the model...")
@@ -279,5 +343,5 @@ def show_sample(enc: explore.Encoded, i: int, recon: np.ndarray, caption_prefix:
         c1.image(pictures.png(enc.x[i:i + 1], size=140), caption=f"{caption_prefix}input x (sample {i})")
         c2.image(pictures.png(recon[None], size=140), caption="reconstruction f(mu(x))")
     else:
-        st.plotly_chart(charts.vector_bars({"input x": enc.x[i], "reconstruction f(mu(x))": recon},
-                                           f"Sample {i}: input and reconstruction"), key=f"vec_{caption_prefix}{i}")
+        chart(charts.vector_bars({"input x": enc.x[i], "reconstruction f(mu(x))": recon},
+                                 f"Sample {i}: input and reconstruction"), key=f"vec_{caption_prefix}{i}")

@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 from explorer import charts
-from explorer.services import cached, explore, pictures
+from explorer.services import cached, explore, exports, pictures
 from explorer.views import common
 
 TRAVERSAL_SPAN = 3.0  # each traversal moves one z_j from -3 to 3
@@ -29,12 +29,25 @@ def prior_samples(page: common.ExplorePage) -> None:
     n, seed = sample_controls()
     samples = cached.samples(page.checkpoint, n, seed)
     if page.enc.is_image:
-        st.image(pictures.png(samples, ncols=min(n, 16), size=56), caption=f"{n} samples, seed {seed}")
+        grid = pictures.png(samples, ncols=min(n, 16), size=56)
+        st.image(grid, caption=f"{n} samples, seed {seed}")
+        st.download_button("Sample grid (PNG)", grid, key="download_samples", icon=":material/download:",
+                           file_name=f"{exports.file_stem(page.summary.name, 'samples', f'seed{seed}')}.png",
+                           mime="image/png", on_click="ignore")
     elif samples.ndim == 2 and samples.shape[1] == 2:
-        st.plotly_chart(charts.data_scatter(page.enc.x, {"decoded prior samples": samples},
+        common.chart(charts.data_scatter(page.enc.x, {"decoded prior samples": samples},
                                             "Decoded prior samples over the test data"), key="gen_scatter")
     else:
-        st.dataframe(samples.reshape(n, -1)[:20], key="gen_table")
+        names = common.feature_names(page.run, samples.reshape(n, -1).shape[1])
+        flat = samples.reshape(n, -1)
+        common.chart(charts.feature_heatmap(flat, names, [f"sample {i + 1}" for i in range(n)],
+                                            f"{n} decoded prior samples, every feature", row_title="sample"),
+                     key="gen_heatmap")
+        st.dataframe({name: np.round(flat[:, j], 4) for j, name in enumerate(names)}, key="gen_table",
+                     height=min(400, 38 + 35 * n))
+        st.download_button("Samples (CSV)", exports.vectors_csv(flat, names), key="download_samples_csv",
+                           file_name=f"{exports.file_stem(page.summary.name, 'samples', f'seed{seed}')}.csv",
+                           mime="text/csv", icon=":material/download:", on_click="ignore")
 
 
 def sample_controls() -> tuple[int, int]:
@@ -66,7 +79,11 @@ def latent_traversals(page: common.ExplorePage) -> None:
     dims = tuple(int(j) for j in order[:shown])
     images = cached.traversals(page.checkpoint, dims, steps, TRAVERSAL_SPAN)
     labels = [f"z{j + 1} (KL {kl_dims[j]:.2f})" for j in dims]
-    show_traversals(enc, images, steps, labels)
+    show_traversals(enc, images, steps, labels, common.feature_names(page.run, images.reshape(len(images), -1).shape[1]))
+    if enc.is_image:
+        st.download_button("Traversal strips (PNG)", pictures.png(images, ncols=steps, size=56),
+                           key="download_traversals", icon=":material/download:", on_click="ignore",
+                           file_name=f"{exports.file_stem(page.summary.name, 'traversals')}.png", mime="image/png")
 
 
 def traversal_controls(d: int) -> tuple[int, int]:
@@ -77,18 +94,25 @@ def traversal_controls(d: int) -> tuple[int, int]:
     return shown, steps
 
 
-def show_traversals(enc: explore.Encoded, images: np.ndarray, steps: int, labels: list[str]) -> None:
-    """One row per dimension: images, points over the 2-D data, or a table of first coordinates."""
+def show_traversals(enc: explore.Encoded, images: np.ndarray, steps: int, labels: list[str],
+                    names: list[str]) -> None:
+    """One row per dimension: images, points over the 2-D data, or for other vectors a heatmap
+    per dimension (a row per z value, a column per named feature)."""
     if enc.is_image:
         st.image(pictures.png(images, ncols=steps, size=56),
                  caption="rows, top to bottom: " + ", ".join(labels))
     elif images.ndim == 2 and images.shape[1] == 2:
         pts = {labels[r]: images[r * steps:(r + 1) * steps] for r in range(len(labels))}
-        st.plotly_chart(charts.data_scatter(enc.x, pts, "Traversals decoded, in data space"),
+        common.chart(charts.data_scatter(enc.x, pts, "Traversals decoded, in data space"),
                         key="traversal_scatter")
-    else:
-        st.dataframe({labels[r]: np.round(images[r * steps:(r + 1) * steps].reshape(steps, -1)[:, 0], 3)
-                      for r in range(len(labels))}, key="traversal_table")
+    else:  # vectors: one heatmap per dimension, a row per z value, every feature by name
+        values = np.linspace(-TRAVERSAL_SPAN, TRAVERSAL_SPAN, steps)
+        for r, label in enumerate(labels):
+            rows = images[r * steps:(r + 1) * steps].reshape(steps, -1)
+            j = label.split(" ")[0]
+            common.chart(charts.feature_heatmap(rows, names, [f"{j} = {v:+.2f}" for v in values],
+                                                f"Traversal of {label}: the decoded features as {j} moves",
+                                                row_title=j), key=f"traversal_heatmap_{r}")
 
 
 if __name__ == "__main__":

@@ -7,12 +7,12 @@ from pathlib import Path
 import streamlit as st
 
 from explorer import charts, state
-from explorer.services import cached, explore
+from explorer.services import cached, explore, exports, uploads
 from explorer.services import runs as run_service
 from explorer.views import common
 from trainer import TrainerError
 
-COMPARED_COLUMNS = ("run", "data", "latent d", "beta", "sigma_dec", "epochs", "test ELBO", "recon", "KL",
+COMPARED_COLUMNS = ("run", "data", "latent d", "beta", "sigma_dec", "seed", "epochs", "test ELBO", "recon", "KL",
                     "log p(x)", "active units")  # the runs table's columns shown under the comparison
 
 
@@ -22,12 +22,16 @@ def main() -> None:
     summaries = run_service.list_runs(root)
     intro(root)
     if not summaries:
-        st.info("No runs yet. Start one on the **Train** page.")
-        st.page_link("views/train.py", label="Go to Train", icon=":material/model_training:")
+        if not common.runs_folder_problem():  # else the sidebar said why
+            st.info("No runs yet. Start one on the **Train** page, or import one below.")
+            st.page_link("views/train.py", label="Go to Train", icon=":material/model_training:")
+            import_a_run(root)
         return
     rows = runs_table(summaries)
     compare_runs(root, summaries, rows)
+    results_out(root, summaries)
     delete_a_run(root, summaries)
+    estimate_missing(summaries)
 
 
 def intro(root: Path) -> None:
@@ -40,39 +44,68 @@ def intro(root: Path) -> None:
 # -- the table of runs ---------------------------------------------------------------------------
 
 def runs_table(summaries: list[run_service.RunSummary]) -> list[dict]:
-    """One row per run (a click makes it the active run); returns the rows."""
+    """One row per run (a click makes it the active run); returns the rows. log p(x) is read
+    from each run folder (estimated once per checkpoint, see estimate_missing), so the table
+    is drawn at once."""
     estimate = st.toggle("Estimate log p(x) for each finished run", value=True, key="estimate_log_px",
                          help=f"Importance sampling with K = {explore.EVAL_K} samples per test sample "
-                              "(a lower bound that tightens with K); computed once per checkpoint.")
-    rows = [run_service.table_row(s, evaluation(s) if estimate else None) for s in summaries]
-    st.session_state["_runs_table_names"] = [s.name for s in summaries]
-    st.dataframe(rows, key="runs_table", on_select=_on_pick, selection_mode="single-row", hide_index=True,
-                 width="stretch")
+                              "(a lower bound that tightens with K); computed once per checkpoint and kept "
+                              f"in the run folder ({run_service.EVALUATION_FILE}).")
+    stored = {s.name: run_service.stored_evaluation(s.path) for s in summaries if estimate and s.trained}
+    rows = [run_service.table_row(s, stored.get(s.name)) for s in summaries]
+    names = [s.name for s in summaries]
+    st.session_state["_runs_table_names"] = names
+    key, selected = table_key(names)
+    with st.container(key="runs_table"):
+        st.dataframe(rows, key=key, on_select=lambda: _on_pick(key), selection_mode="single-row",
+                     selection_default={"selection": {"rows": selected}}, hide_index=True, width="stretch")
     st.caption(f"Active run: **{state.get('run')}**. Select a row to make it the active run (or use the "
-               "sidebar). sigma_dec is the decoder's noise scale (learned: its final value).")
+               "sidebar). sigma_dec is the decoder's noise scale (learned: its final value). "
+               "log p(x) 'unreliable' says why its estimate cannot be trusted.")
     for s in summaries:
         if s.state == "failed":
             st.error(f"{s.name} failed: {s.message}")
     return rows
 
 
-def evaluation(s: run_service.RunSummary) -> dict | None:
-    """The test split's evaluation of a trained run (cached per checkpoint), or None; an error
-    goes to the run's message."""
-    if not s.trained:
-        return None
-    try:
-        with st.spinner(f"Estimating log p(x) of {s.name}..."):
-            return cached.evaluation(cached.checkpoint(s.path))
-    except TrainerError as e:
-        s.message = s.message or str(e)
-        return None
+def table_key(names: list[str]) -> tuple[str, list[int]]:
+    """The table's widget key and its ticked row: the active run's. The key names the rows and
+    the active run, so that a new list (after a delete) or another active run (picked in the
+    sidebar) draws a new table ticked on the active run, never a kept tick on a row that now
+    holds another run."""
+    import hashlib
+
+    active = state.get("run")
+    selected = [names.index(active)] if active in names else []
+    digest = hashlib.sha1("\n".join(names).encode()).hexdigest()[:10]
+    return f"runs_table_{digest}_{selected[0] if selected else 'none'}", selected
 
 
-def _on_pick() -> None:
+def estimate_missing(summaries: list[run_service.RunSummary]) -> None:
+    """After the page is drawn: estimate log p(x) of the finished runs that have none for their
+    checkpoint yet (once; kept in the run folder), then draw the page again."""
+    if not st.session_state.get("estimate_log_px", True):
+        return
+    failed = st.session_state.setdefault("_log_px_failed", {})
+    missing = [s for s in summaries if s.trained and run_service.stored_evaluation(s.path) is None
+               and failed.get(str(s.path)) != run_service.checkpoint_key(s.path)]
+    if not missing:
+        return
+    for s in missing:
+        try:
+            with st.spinner(f"Estimating log p(x) of {s.name} (once per checkpoint)..."):
+                run_service.evaluation(s.path)
+        except TrainerError as e:
+            failed[str(s.path)] = run_service.checkpoint_key(s.path)
+            st.error(f"Cannot estimate log p(x) of {s.name}: {e}")
+            return
+    st.rerun()
+
+
+def _on_pick(key: str) -> None:
     names = st.session_state.get("_runs_table_names", [])
     try:
-        rows = st.session_state["runs_table"]["selection"]["rows"]
+        rows = st.session_state[key]["selection"]["rows"]
     except (KeyError, TypeError):
         return
     if rows and 0 <= rows[0] < len(names):
@@ -82,28 +115,92 @@ def _on_pick() -> None:
 # -- comparing runs ------------------------------------------------------------------------------
 
 def compare_runs(root: Path, summaries: list[run_service.RunSummary], rows: list[dict]) -> None:
-    """The chosen runs' curves of one term on one split, and their table rows."""
+    """The chosen runs' curves of one term on one split, and their table rows. By default the
+    active run and the other finished runs on its data set; a warning when the chosen runs'
+    data differ (their ELBOs are then not comparable)."""
     st.subheader("Compare runs")
     names = [s.name for s in summaries if s.epoch > 0]
     if len(names) < 1:
         st.caption("Runs appear here once they have finished an epoch.")
         return
-    default = [n for n in names if any(s.name == n and s.trained for s in summaries)][:2]
-    picked = st.multiselect("Runs to compare", names, default=default, key="compare_runs")
+    by_name = {s.name: s for s in summaries}
+    active = by_name.get(state.get("run"))
+    picked = st.multiselect("Runs to compare", names, default=default_compared(summaries, active),
+                            key=f"compare_runs_{active.name if active else ''}",
+                            help="By default: the active run and the other finished runs on its data set.")
     c1, c2 = st.columns(2)
     term = c1.radio("Term", ["elbo", "recon", "kl"], key="compare_term", horizontal=True,
                     format_func=lambda t: {"elbo": "ELBO", "recon": "recon", "kl": "-KL"}[t])
     split = c2.radio("Split", ["test", "train"], key="compare_split", horizontal=True)
     if not picked:
         return
+    data = {by_name[n].config.data if by_name[n].config else "?" for n in picked}
+    if len(data) > 1:
+        st.warning(f"These runs were trained on different data ({', '.join(sorted(data))}): their ELBOs are "
+                   "log-likelihoods of different data and cannot be compared. Compare runs of one data set.")
     curves = {}
     for name in picked:
         m = charts.metrics_arrays(run_service.read_metrics(root / name))
         curves[name] = (m["epoch"], m[f"{split}_{term}"])
-    st.plotly_chart(charts.compare_curves(curves, term, split), key="compare_chart")
+    common.chart(charts.compare_curves(curves, term, split), key="compare_chart")
     st.caption("One line per run. " + common.NATS_NOTE + " (-KL is drawn, so higher is better too.)")
     st.dataframe([{k: v for k, v in r.items() if k in COMPARED_COLUMNS} for r in rows if r["run"] in picked],
                  hide_index=True, key="compare_table", width="stretch")
+
+
+def default_compared(summaries: list[run_service.RunSummary], active: run_service.RunSummary | None,
+                     most: int = 4) -> list[str]:
+    """The active run, then the newest other finished runs on the same data set (at most `most`)."""
+    if active is None or active.config is None:
+        return [s.name for s in summaries if s.trained][:2]
+    same = [s.name for s in summaries if s.trained and s.name != active.name and s.config is not None
+            and s.config.data == active.config.data]
+    return ([active.name] if active.epoch > 0 else []) + same[:most - 1]
+
+
+# -- results out: the active run's codes, the whole run as a zip, a zip imported ------------------
+
+def results_out(root: Path, summaries: list[run_service.RunSummary]) -> None:
+    st.subheader("Results out")
+    active = next((s for s in summaries if s.name == state.get("run")), None)
+    if active is not None and active.trained:
+        c1, c2 = st.columns(2)
+        with c1:
+            common.download_codes(cached.checkpoint(active.path), active.name, key="download_codes_runs")
+        with c2:
+            if run_service.bundle_available():
+                st.download_button(f"{active.name} as one zip", lambda: run_service.export_bundle(active.path),
+                                   file_name=f"{exports.file_stem(active.name)}.zip", mime="application/zip",
+                                   key="download_run_zip", icon=":material/download:", on_click="ignore",
+                                   help="The run folder (settings, weights, metrics) as one zip; "
+                                        "`python -m trainer import FILE.zip --runs DIR` or the uploader below "
+                                        "opens it on another machine.")
+            else:
+                st.caption(f"The whole run as one zip: {run_service.BUNDLE_MISSING}.")
+    else:
+        st.caption("Choose a trained run (in the table or the sidebar) to download its results.")
+    import_a_run(root)
+
+
+def import_a_run(root: Path) -> None:
+    st.file_uploader("Import a run (a zip exported from this app or `python -m trainer export`)", type=["zip"],
+                     key="import_bundle", on_change=_import, args=(root,))
+    said = st.session_state.pop("_import_result", None)
+    if said:
+        (st.success if said[0] == "ok" else st.error)(said[1])
+
+
+def _import(root: Path) -> None:
+    f = st.session_state.get("import_bundle")
+    if f is None:
+        return
+    try:
+        name = run_service.import_bundle(root, f.name, f.getvalue(), uploads.MAX_UPLOAD_MB * 2**20)
+    except TrainerError as e:
+        st.session_state["_import_result"] = ("error", f"Not imported: {e}")
+        return
+    state.set("run", name)
+    st.session_state["_import_result"] = ("ok", f"Imported {name}: it is now the active run.")
 
 
 # -- deleting a run ------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import streamlit as st
 
@@ -26,17 +27,28 @@ def data_choices(root) -> dict[str, str]:
 
 
 def _handle_upload(root) -> None:
+    """The uploader changed: check and save what it holds now as one data set. It replaces the
+    data set this session uploaded before (if no run uses it); removing the file clears the
+    message about it."""
     files = st.session_state.get("upload_files") or []
     if not files:
+        st.session_state.pop("_upload_result", None)
         return
     try:
         saved = uploads.save_upload(root, [(f.name, f.getvalue()) for f in files])
     except TrainerError as e:
         st.session_state["_upload_result"] = ("error", str(e))
         return
+    pending = st.session_state.get("_pending_upload")
+    if pending and pending != saved.name:
+        try:
+            uploads.delete_upload(root, pending)  # replaced by the new one
+        except TrainerError:
+            pass  # a run uses it by now, or it is gone: keep it as it is
+    st.session_state["_pending_upload"] = None if saved.reused else saved.name
     st.session_state["_upload_result"] = (
-        "ok", f"Saved {saved.name}: {saved.n_samples} samples of shape {list(saved.shape)}"
-              + (" (images)" if saved.is_image else "")
+        "ok", ("Already stored as " if saved.reused else "Saved ") + f"{saved.name}: {saved.n_samples} samples of "
+              f"shape {list(saved.shape)}" + (" (images)" if saved.is_image else "")
               + (f", labels: {', '.join(saved.label_names)}" if saved.label_names else "") + ".")
     st.session_state["train_data"] = saved.spec
 
@@ -135,17 +147,60 @@ def main() -> None:
     retrain_section(root)
 
 
+UPLOAD_HELP = (".npz with an array x (and optional labels y), .npy, .csv (numbers; a column named label, y, "
+               "class or target is used as labels), MNIST IDX files, several PNG/JPEG images, or a .zip of "
+               "images: one folder per class (cat/1.png, dog/7.png) gives them those labels. "
+               f"Up to {uploads.MAX_UPLOAD_MB} MB; checked by loading it on the server.")
+
+
 def upload_section(root) -> None:
-    """The user's own data: files uploaded here are checked, saved and offered in the form."""
-    with st.expander("Use your own data (upload)", expanded=False):
+    """The user's own data: a file uploaded here is checked, saved as one data set and offered
+    in the form; the stored uploads are listed with their sizes and can be deleted."""
+    stored = uploads.stored_uploads(root)
+    busy = any(st.session_state.get(k) for k in ("upload_files", "_upload_result", "_upload_deleted"))
+    with st.expander("Use your own data (upload)", expanded=bool(stored) or busy):
         st.file_uploader("Data file(s)", key="upload_files", accept_multiple_files=True,
-                         on_change=_handle_upload, args=(root,),
-                         help=".npz with an array x (and optional labels y), .npy, .csv (numbers; a column "
-                              "named label is used as labels), MNIST IDX files, or several PNG/JPEG images. "
-                              f"Up to {uploads.MAX_UPLOAD_MB} MB; checked by loading it on the server.")
+                         on_change=_handle_upload, args=(root,), help=UPLOAD_HELP)
+        st.caption("One upload is one data set: a new file replaces the one uploaded before (unless a run "
+                   "uses it), and the same content uploaded again reuses the stored copy.")
         result = st.session_state.get("_upload_result")
         if result:
             (st.success if result[0] == "ok" else st.error)(result[1])
+        stored_upload_list(root, stored)
+
+
+def stored_upload_list(root, stored: list[uploads.StoredUpload]) -> None:
+    """One line per stored upload: name, size, the runs that use it, and Delete."""
+    said = st.session_state.pop("_upload_deleted", None)
+    if said:
+        (st.success if said[0] == "ok" else st.error)(said[1])
+    if not stored:
+        return
+    st.markdown(f"**Stored uploads** in `{uploads.UPLOADS}/` ({len(stored)})")
+    for u in stored:
+        c1, c2, c3 = st.columns([4, 4, 1], vertical_alignment="center")
+        c1.markdown(f"`{u.name}` · {fmt_bytes(u.bytes)}")
+        c2.caption(f"used by {', '.join(u.used_by)}" if u.used_by else "not used by a run")
+        c3.button("Delete", key="delete_upload_" + re.sub(r"[^A-Za-z0-9_-]", "_", u.name), icon=":material/delete:",
+                  on_click=_delete_upload, args=(root, u.name))
+
+
+def _delete_upload(root, name: str) -> None:
+    try:
+        uploads.delete_upload(root, name)
+    except TrainerError as e:
+        st.session_state["_upload_deleted"] = ("error", f"Not deleted: {e}.")
+        return
+    if st.session_state.get("_pending_upload") == name:
+        st.session_state["_pending_upload"] = None
+    st.session_state["_upload_deleted"] = ("ok", f"Deleted the upload {name}.")
+
+
+def fmt_bytes(n: int) -> str:
+    for unit, size in (("GB", 2**30), ("MB", 2**20), ("kB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
 
 
 def new_run_form(root) -> None:

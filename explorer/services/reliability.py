@@ -1,0 +1,59 @@
+"""When a figure is not to be trusted: the rule the app applies before it shows a number.
+
+An estimate is shown as "unreliable: <why>" instead of as a number when
+  - it is not finite (NaN, an infinity, or None where a figure was expected), or
+  - the gap log p(x) - ELBO, which is KL(q(z|x) || p(z|x)) >= 0 (eq 1.6), is negative by
+    more than 3 standard errors: both are Monte Carlo estimates, so a small negative gap is
+    noise, a large one means the estimates failed (e.g. posterior variances collapsed to
+    ~0, where importance sampling has no spread to work with).
+Without a standard error any negative gap is unreliable: nothing tells noise from failure.
+
+Standard errors are read from the figures' own `<name>_se` keys (`gap_se`, or `log_px_se`
+and `elbo_se` combined as independent). The trainer's evaluation reports them (issue 15);
+this rule lives here until the trainer has its own (trainer.elbo.reliability).
+"""
+
+from __future__ import annotations
+
+import math
+
+NOISE_SE = 3.0  # a gap below -3 standard errors is not noise
+LABELS = {"elbo": "the ELBO", "recon": "the reconstruction term", "kl": "the KL", "log_px": "log p(x)",
+          "gap": "the gap"}
+
+
+def finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def gap_se(figures: dict) -> float | None:
+    """The gap's standard error, nats: gap_se, or sqrt(log_px_se^2 + elbo_se^2); None if unknown."""
+    if finite(figures.get("gap_se")):
+        return float(figures["gap_se"])
+    a, b = figures.get("log_px_se"), figures.get("elbo_se")
+    if finite(a) and finite(b):
+        return math.hypot(a, b)
+    return None
+
+
+def reliability(figures: dict, names: tuple[str, ...] = ("elbo", "recon", "kl", "log_px")) -> str | None:
+    """None when the figures can be shown; else one line saying why not. `figures` holds
+    per-sample means in nats (elbo, recon, kl, log_px, optionally gap and *_se); only the
+    names present are checked."""
+    for name in names:
+        if name in figures and not finite(figures[name]):
+            return f"{LABELS.get(name, name)} is not finite (the model's numbers overflowed: " \
+                   "retrain with standardised data or a lower learning rate)"
+    if not (finite(figures.get("log_px")) and finite(figures.get("elbo"))):
+        return None
+    gap = float(figures["log_px"]) - float(figures["elbo"])
+    se = gap_se(figures)
+    if se is None:
+        if gap < 0:
+            return (f"log p(x) is {-gap:.2f} nats below the ELBO, which is impossible (the gap is a KL >= 0), "
+                    "and there is no standard error to call it noise")
+        return None
+    if gap < -NOISE_SE * se:
+        return (f"log p(x) is {-gap:.2f} nats below the ELBO, more than {NOISE_SE:g} standard errors "
+                f"({se:.2g}): the estimates failed (collapsed posterior variances?)")
+    return None
