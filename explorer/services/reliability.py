@@ -9,17 +9,20 @@ An estimate is shown as "unreliable: <why>" instead of as a number when
 Without a standard error any negative gap is unreliable: nothing tells noise from failure.
 
 Standard errors are read from the figures' own `<name>_se` keys (`gap_se`, or `log_px_se`
-and `elbo_se` combined as independent). The trainer's evaluation reports them (issue 15);
-this rule lives here until the trainer has its own (trainer.elbo.reliability).
+and `elbo_se` combined as independent). The rule itself is the trainer's
+(`trainer.elbo.reliability`, also what `eval --json` reports); this module reads the app's
+dicts of figures into it and checks the other terms (recon, KL) for finiteness.
 """
 
 from __future__ import annotations
 
 import math
 
-NOISE_SE = 3.0  # a gap below -3 standard errors is not noise
+from trainer.elbo import reliability as trainer_reliability
+
 LABELS = {"elbo": "the ELBO", "recon": "the reconstruction term", "kl": "the KL", "log_px": "log p(x)",
           "gap": "the gap"}
+PREFIX = "unreliable: "
 
 
 def finite(v) -> bool:
@@ -37,23 +40,14 @@ def gap_se(figures: dict) -> float | None:
 
 
 def reliability(figures: dict, names: tuple[str, ...] = ("elbo", "recon", "kl", "log_px")) -> str | None:
-    """None when the figures can be shown; else one line saying why not. `figures` holds
-    per-sample means in nats (elbo, recon, kl, log_px, optionally gap and *_se); only the
-    names present are checked."""
+    """None when the figures can be shown; else one line saying why not (without the
+    "unreliable: " prefix, which the caller shows). `figures` holds per-sample means in nats
+    (elbo, recon, kl, log_px, optionally gap and *_se); only the names present are checked."""
     for name in names:
         if name in figures and not finite(figures[name]):
             return f"{LABELS.get(name, name)} is not finite (the model's numbers overflowed: " \
                    "retrain with standardised data or a lower learning rate)"
     if not (finite(figures.get("log_px")) and finite(figures.get("elbo"))):
         return None
-    gap = float(figures["log_px"]) - float(figures["elbo"])
-    se = gap_se(figures)
-    if se is None:
-        if gap < 0:
-            return (f"log p(x) is {-gap:.2f} nats below the ELBO, which is impossible (the gap is a KL >= 0), "
-                    "and there is no standard error to call it noise")
-        return None
-    if gap < -NOISE_SE * se:
-        return (f"log p(x) is {-gap:.2f} nats below the ELBO, more than {NOISE_SE:g} standard errors "
-                f"({se:.2g}): the estimates failed (collapsed posterior variances?)")
-    return None
+    why = trainer_reliability(float(figures["log_px"]), float(figures["elbo"]), gap_se(figures))
+    return why[len(PREFIX):] if why and why.startswith(PREFIX) else why

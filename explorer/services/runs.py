@@ -224,26 +224,12 @@ def waiting_for_slot(run_dir: Path) -> tuple[int, int] | None:
 
 # -- a whole run as one zip (trainer.bundle) -----------------------------------------------
 
-BUNDLE_MISSING = "export needs trainer.bundle"
-
-
-def bundle_available() -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("trainer.bundle") is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def export_bundle(run_dir: Path) -> bytes:
     """The run folder as one zip (trainer.bundle.export_run), as bytes. Raises TrainerError."""
     import tempfile
 
-    try:
-        from trainer.bundle import export_run
-    except ImportError:
-        raise TrainerError(BUNDLE_MISSING) from None
+    from trainer.bundle import export_run
+
     with tempfile.TemporaryDirectory(prefix="vae-export-") as tmp:
         out = Path(tmp) / f"{Path(run_dir).name}.zip"
         export_run(Path(run_dir), out)
@@ -256,13 +242,11 @@ def import_bundle(root: Path, filename: str, data: bytes, max_bytes: int) -> str
     Returns the new run's name; raises TrainerError with one line."""
     import tempfile
 
+    from trainer.bundle import import_bundle as unpack
+
     if len(data) > max_bytes:
         raise TrainerError(f"{filename}: the bundle is {len(data) / 2**20:.0f} MB, more than the limit of "
                            f"{max_bytes / 2**20:.0f} MB")
-    try:
-        from trainer.bundle import import_bundle as unpack
-    except ImportError:
-        raise TrainerError(BUNDLE_MISSING) from None
     Path(root).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="vae-import-") as tmp:
         path = Path(tmp) / "bundle.zip"

@@ -168,15 +168,12 @@ def results_out(root: Path, summaries: list[run_service.RunSummary]) -> None:
         with c1:
             common.download_codes(cached.checkpoint(active.path), active.name, key="download_codes_runs")
         with c2:
-            if run_service.bundle_available():
-                st.download_button(f"{active.name} as one zip", lambda: run_service.export_bundle(active.path),
-                                   file_name=f"{exports.file_stem(active.name)}.zip", mime="application/zip",
-                                   key="download_run_zip", icon=":material/download:", on_click="ignore",
-                                   help="The run folder (settings, weights, metrics) as one zip; "
-                                        "`python -m trainer import FILE.zip --runs DIR` or the uploader below "
-                                        "opens it on another machine.")
-            else:
-                st.caption(f"The whole run as one zip: {run_service.BUNDLE_MISSING}.")
+            st.download_button(f"{active.name} as one zip", lambda: run_service.export_bundle(active.path),
+                               file_name=f"{exports.file_stem(active.name)}.zip", mime="application/zip",
+                               key="download_run_zip", icon=":material/download:", on_click="ignore",
+                               help="The run folder (settings, weights, metrics) as one zip; "
+                                    "`python -m trainer import FILE.zip --runs DIR` or the uploader below "
+                                    "opens it on another machine.")
     else:
         st.caption("Choose a trained run (in the table or the sidebar) to download its results.")
     import_a_run(root)

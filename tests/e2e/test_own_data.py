@@ -253,6 +253,7 @@ def png_file_name(chart) -> str:
 def test_downloads(server, tab):
     import csv
     import io
+    import zipfile
 
     import numpy as np
     import torch
@@ -299,11 +300,16 @@ def test_downloads(server, tab):
     again = download(page, "Test-set codes (CSV)")
     assert list(csv.DictReader(io.StringIO(again.decode()))) == rows
     assert png_file_name(harness.keyed(page, "compare_chart")) == "c-runs-compare_chart"
-    from explorer.services import runs as run_service
-
-    if not run_service.bundle_available():
-        assert page.get_by_text(run_service.BUNDLE_MISSING).count() == 1
-    else:
-        bundle = download(page, "c as one zip")
-        assert bundle[:2] == b"PK"
+    bundle = download(page, "c as one zip")
+    with zipfile.ZipFile(io.BytesIO(bundle)) as z:
+        names = set(z.namelist())
+    assert {"c/config.json", "c/model.safetensors"} <= names or {"config.json", "model.safetensors"} <= names, names
+    # the same bundle imported into the folder that holds run c: refused, in one line, nothing changed
+    before = sorted(p.name for p in server.runs_dir.iterdir())
+    harness.keyed(page, "import_bundle").locator("input[type=file]").set_input_files(
+        files=[{"name": "c.zip", "mimeType": "application/zip", "buffer": bundle}])
+    refused = page.get_by_text("Not imported:")
+    refused.wait_for(timeout=60_000)
+    assert "\n" not in refused.first.inner_text().strip()
+    assert sorted(p.name for p in server.runs_dir.iterdir()) == before
     harness.assert_no_traceback(page)

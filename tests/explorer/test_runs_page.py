@@ -85,7 +85,7 @@ def test_reliability_rule():
     assert reliability.reliability(noisy) is None
     why = reliability.reliability({**noisy, "log_px": -31.5})
     assert why and "below the ELBO" in why and "3 standard errors" in why
-    assert "no standard error" in reliability.reliability({**ok, "log_px": -30.01})
+    assert "no noise estimate" in reliability.reliability({**ok, "log_px": -30.01})
     assert reliability.reliability({**ok, "log_px": -31.0, "gap_se": 0.5}) is None
 
 

@@ -147,13 +147,15 @@ def test_a_diverged_run_is_resumed_from_the_app_at_a_lower_learning_rate(runs_di
     cfg = load_run(out).config
     cfg.train.epochs = 4
     with pytest.raises(NonFiniteLoss):
-        fit(cfg, out, resume=True, lr=8.0)
+        fit(cfg, out, resume=True, lr=1e39)  # overflows the weights at the first step
     at = app(runs_dir, view="train")
     at.session_state["_last_job"] = "bad"
     at.run()
     assert not at.exception
     lr_input = at.number_input(key="resume_lr")
-    assert lr_input.value == pytest.approx(0.8)  # a tenth of the rate that diverged
+    # a tenth of the rate that diverged, within the input's range (1e-7 to 1); the bounded
+    # log-variance keeps rates up to 100 finite on this run, so only an absurd one diverges
+    assert lr_input.value == pytest.approx(min(1e39 / 10, 1.0))
     lr_input.set_value(3e-4)
     at.button(key="resume_run").click().run()
     assert not at.exception
