@@ -6,6 +6,7 @@ ForwardMsg deltas out), so 30 sessions cost the client one asyncio thread.
 
     python -m bench --sections load                  # the figures (1, 10, 30 sessions, 0 and 1 jobs, soak)
     python -m bench.load --sessions 3 --seconds 20   # one configuration; exit status 1 on any error
+    python -m bench.load --matrix 1,10,30 --seconds 60 --soak 600 --presses 30   # the section's figures
 
 A simulated student opens the app, and in a loop with a person's pause between actions
 (`think_s`, about 3 s) visits the latent map (changes the colouring, clicks a point), the
@@ -173,6 +174,7 @@ class Session:
         self._runs: dict[str, list[str]] = {}  # script_run_id -> its fragment ids
         self._timers: dict[str, asyncio.Task] = {}  # fragment id -> its auto-rerun task
         self._reader: asyncio.Task | None = None
+        self._events: list[str] = []  # the last lifecycle messages, for a rerun that never finished
 
     # -- the connection
     async def open(self, page: str) -> float:
@@ -238,10 +240,12 @@ class Session:
         pending = _Pending(time.perf_counter(), fragment_id, loop.create_future())
         self._pending = pending
         try:
+            self._event(f"send [{fragment_id[:8]}]")
             await self._send(self._client_state(page, fragment_id, False, triggers))
             await asyncio.wait_for(asyncio.shield(pending.done), RERUN_TIMEOUT_S)
         except asyncio.TimeoutError:
-            self.log.errors.append(f"{page}: no script_finished within {RERUN_TIMEOUT_S:.0f} s")
+            self.log.errors.append(f"{page}: no script_finished within {RERUN_TIMEOUT_S:.0f} s (fragment "
+                                   f"{fragment_id[:8] or '-'}, run {pending.run_id}; last: {' | '.join(self._events[-8:])})")
             return float("nan")
         finally:
             self._pending = None
@@ -249,12 +253,17 @@ class Session:
         self.log.latency.setdefault(page or "home", []).append(seconds)
         return seconds
 
+    def _event(self, text: str) -> None:
+        self._events.append(f"{time.perf_counter():.2f} {text}")
+        del self._events[:-20]
+
     async def _auto_rerun(self, fragment_id: str, interval: float) -> None:
         """What the browser's timer does for a fragment with run_every."""
         while True:
             await asyncio.sleep(interval)
             if self._pending is None:  # the browser would send it anyway; waiting keeps the latency clean
                 self.log.auto_reruns += 1
+                self._event(f"auto [{fragment_id[:8]}]")
                 await self._send(self._client_state(self.page, fragment_id, True))
 
     # -- receiving
@@ -277,6 +286,7 @@ class Session:
         if kind == "new_session":
             run_id, fragments = msg.metadata.run.script_run_id, list(msg.metadata.run.fragment_ids)
             self._runs[run_id] = fragments
+            self._event(f"start {run_id[:8]} [{','.join(f[:8] for f in fragments)}]")
             if not fragments:
                 self._fresh = {}
             p = self._pending
@@ -308,6 +318,7 @@ class Session:
         elif kind == "script_finished":
             self.log.runs_finished += 1
             run_id = msg.metadata.run.script_run_id
+            self._event(f"end {run_id[:8]} {ForwardMsg.ScriptFinishedStatus.Name(msg.script_finished)}")
             fragments = self._runs.pop(run_id, [])
             ok = msg.script_finished in (ForwardMsg.FINISHED_SUCCESSFULLY, ForwardMsg.FINISHED_FRAGMENT_RUN_SUCCESSFULLY)
             if not fragments and ok and self._fresh is not None:
@@ -339,11 +350,14 @@ class Session:
             if sub.format == Alert.ERROR:
                 self.log.errors.append(f"{self.page}: error shown: {sub.body[:300]}")
             return
-        if "id" in sub.DESCRIPTOR.fields_by_name and sub.id:
+        fields = sub.DESCRIPTOR.fields_by_name
+        if "id" in fields and sub.id:
             w = Widget(sub.id, kind, getattr(sub, "label", "") or "", delta.fragment_id, sub)
             self.widgets[w.id] = w  # a fragment's rerun updates its widgets in place
             if self._fresh is not None:
                 self._fresh[w.id] = w
+            if "set_value" in fields and sub.set_value:  # the script set it: the browser now holds that value
+                self.states[w.id] = widget_state(w, proto_value(w))
 
     # -- widgets
     def find(self, key: str | None = None, kind: str | None = None, label: str | None = None) -> Widget | None:
@@ -357,6 +371,14 @@ class Session:
                 return w
         self.log.missing.append(f"{self.page}: {key or ''}{'/' + kind if kind else ''}{'/' + label if label else ''}")
         return None
+
+    def value(self, w: Widget):
+        """What widget w holds in this browser: the value last sent, else as the server drew it."""
+        state = self.states.get(w.id)
+        if state is None:
+            return proto_value(w)
+        v = getattr(state, state.WhichOneof("value"))
+        return list(v.data) if hasattr(v, "data") else v
 
     def set(self, w: Widget, value) -> None:
         """Give widget w a value, the way the browser encodes it for that widget type."""
@@ -397,6 +419,20 @@ def widget_state(w: Widget, value):
     else:  # selectbox, radio, text_input, text_area: a string
         s.string_value = str(value)
     return s
+
+
+def proto_value(w: Widget):
+    """The value a widget is drawn with: the one the script set (set_value), else its default
+    (a selectbox's and a radio's: the option as shown; a slider's: a list)."""
+    p = w.proto
+    fields = p.DESCRIPTOR.fields_by_name
+    was_set = "set_value" in fields and p.set_value
+    if w.kind in ("selectbox", "radio"):
+        if was_set:
+            return p.raw_value
+        return p.options[p.default] if p.HasField("default") and p.default < len(p.options) else None
+    v = p.value if was_set and "value" in fields else getattr(p, "default", None)
+    return list(v) if w.kind == "slider" else v
 
 
 def point_selection(index: int) -> dict:
@@ -486,9 +522,11 @@ async def student(url: str, name: str, rng: random.Random, stop_at: float, think
     pause of about think_s between actions; with `train` ({"seed", "epochs"}) presses Train once."""
     s = Session(url, name)
 
-    async def pause():
+    async def pause():  # a person reading; ends the student's visit when the time is up
         left = stop_at - time.monotonic()
-        await asyncio.sleep(max(0.0, min(left, think_s * rng.uniform(0.5, 1.5))))
+        if left <= 0:
+            raise _StopAt
+        await asyncio.sleep(min(left, think_s * rng.uniform(0.5, 1.5)))
 
     try:
         await asyncio.sleep(rng.uniform(0, think_s))  # people do not arrive in the same millisecond
@@ -499,6 +537,8 @@ async def student(url: str, name: str, rng: random.Random, stop_at: float, think
             await pause()
         while time.monotonic() < stop_at:
             await explore_once(s, rng, pause)
+    except _StopAt:
+        pass
     except Exception as e:  # a protocol surprise is an error of the run, not a crash of the harness
         s.log.errors.append(f"{s.page}: harness: {type(e).__name__}: {e}")
     finally:
@@ -507,7 +547,7 @@ async def student(url: str, name: str, rng: random.Random, stop_at: float, think
 
 
 class _StopAt(Exception):
-    pass
+    """A student's time is up (raised by its pause between actions)."""
 
 
 async def crowd(url: str, sessions: int, seconds: float, think_s: float, seed: int = 0,
@@ -600,9 +640,11 @@ def train_presses(app, presses: int, seconds: float, think_s: float, limits: dic
 
 
 def run_figures(workdir: Path, sessions: tuple[int, ...], seconds: float, soak_s: float, think_s: float,
-                presses: int, train_epochs: int, say=_say) -> dict:
+                presses: int, train_epochs: int, leave_s: float = 5.0, say=_say) -> dict:
     """The section's measurements on one server: warm-up; every (sessions, jobs) configuration;
-    the soak; 30 presses of Train; memory at each point."""
+    the soak; 30 presses of Train; memory at each point (after the soak's sessions have left:
+    leave_s later; Streamlit keeps a closed session's state for server.disconnectedSessionTTL,
+    120 s by default)."""
     runs = workdir / "load-runs"
     train_digits(runs, train_epochs)
     limits = {"VAE_MAX_JOBS": os.environ.get("VAE_MAX_JOBS", "1"),
@@ -632,7 +674,7 @@ def run_figures(workdir: Path, sessions: tuple[int, ...], seconds: float, soak_s
             out["rss_bytes"]["before_soak"] = proc_rss(app.proc.pid)
             out["soak"] = measure(app, n, soak_s, think_s, seed=500)
             out["rss_bytes"]["after_soak"] = proc_rss(app.proc.pid)
-            time.sleep(5)  # the sessions have left
+            time.sleep(leave_s)  # the sessions have left
             out["rss_bytes"]["after_leave"] = proc_rss(app.proc.pid)
         if presses:
             say(f"{presses} presses of Train within {seconds:.0f} s")
@@ -647,7 +689,7 @@ def section_load(ctx: Context) -> None:
     q = ctx.quick
     sessions = (1, 3) if q else (1, 10, 30)
     res = run_figures(ctx.workdir, sessions, seconds=15 if q else 60, soak_s=10 if q else 600,
-                      think_s=3.0, presses=5 if q else 30, train_epochs=5 if q else 30)
+                      think_s=3.0, presses=5 if q else 30, train_epochs=5 if q else 30, leave_s=5 if q else 130)
     ctx.sections["load"] = res
     base = {(c["jobs"], p): v["p95_s"] for c in res["configs"] if c["sessions"] == 1
             for p, v in c["pages"].items()}
@@ -709,8 +751,32 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=0, choices=(0, 1), help="a training job running meanwhile")
     p.add_argument("--epochs", type=int, default=5, help="epochs of the digits run they explore")
     p.add_argument("--json", default=None, help="write the summary here")
+    p.add_argument("--matrix", default="", help="the section's figures instead: session counts, e.g. 1,10,30, "
+                   "each with 0 and 1 training jobs, then --soak and --presses")
+    p.add_argument("--soak", type=float, default=0.0, help="with --matrix: seconds of the soak (largest count)")
+    p.add_argument("--presses", type=int, default=0, help="with --matrix: students pressing Train at once")
+    p.add_argument("--leave", type=float, default=5.0, help="with --matrix: seconds after the soak before the "
+                   "last memory reading (Streamlit drops a closed session's state after 120 s)")
     args = p.parse_args(argv)
     import tempfile
+
+    if args.matrix:
+        counts = tuple(int(n) for n in args.matrix.split(",") if n.strip())
+        with tempfile.TemporaryDirectory(prefix="vae-load-") as tmp:
+            res = run_figures(Path(tmp), counts, args.seconds, args.soak, args.think, args.presses, args.epochs,
+                              leave_s=args.leave)
+        print_summary(res)
+        print("server RSS, MiB: " + ", ".join(f"{k} {v / 2**20:.0f}" for k, v in res["rss_bytes"].items() if v))
+        if res.get("train_presses"):
+            print("Train presses: " + json.dumps({k: v for k, v in res["train_presses"].items()
+                                                  if k != "session_errors"}))
+        if args.json:
+            from trainer.fileio import atomic_write_json
+
+            from .__main__ import _clean
+
+            atomic_write_json(Path(args.json), _clean(res))
+        return 1 if any(c["errors"] for c in res["configs"]) else 0
 
     with tempfile.TemporaryDirectory(prefix="vae-load-") as tmp:
         runs = Path(tmp) / "runs"
