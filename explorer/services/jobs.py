@@ -35,6 +35,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -163,8 +164,54 @@ def last_error_line(run_dir: Path) -> str:
     return ""
 
 
+# -- what the pages ask every second, shared by the sessions ---------------------------------
+# Every open page with a job in view asks job_state and queue_position once a second (the
+# sidebar's job line, the progress bar): with 8 jobs in a 40-run folder that was 85 ms of
+# file reads per session per second, more than 2 cores for 30 sessions (issue 17). The
+# answers are kept for STATE_MAX_AGE_S and shared by every session of this server; a job
+# record or status written since (the files' modification times) is read at once, and what
+# this process starts or cancels clears them. Decisions (start, resume, cancel) read afresh.
+STATE_MAX_AGE_S = 0.5
+_kept: dict[tuple, tuple[float, object]] = {}
+_kept_lock = threading.Lock()
+
+
+def _shared(key: tuple, compute):
+    now = time.monotonic()
+    with _kept_lock:
+        hit = _kept.get(key)
+    if hit is not None and now - hit[0] < STATE_MAX_AGE_S:
+        return hit[1]
+    value = compute()
+    with _kept_lock:
+        if len(_kept) > 10_000:  # old keys (files since rewritten): drop them all, they are cheap to refill
+            _kept.clear()
+        _kept[key] = (now, value)
+    return value
+
+
+def _forget() -> None:
+    with _kept_lock:
+        _kept.clear()
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0
+
+
 def job_state(run_dir: Path) -> JobState | None:
-    """The state of the run's training job, or None if it never had one."""
+    """The state of the run's training job, or None if it never had one (at most
+    STATE_MAX_AGE_S old where the job's files have not changed since)."""
+    run_dir = Path(run_dir)
+    key = ("state", str(run_dir), _mtime(run_dir / JOB_FILE), _mtime(run_dir / "status.json"))
+    return _shared(key, lambda: _job_state(run_dir))
+
+
+def _job_state(run_dir: Path) -> JobState | None:
+    """job_state, read now."""
     run_dir = Path(run_dir)
     status = read_status_dead_as_failed(run_dir)
     job = read_job(run_dir)
@@ -212,7 +259,7 @@ def active_job_with_settings(root: Path, cfg: RunConfig) -> str | None:
     for d in sorted(Path(root).iterdir()) if Path(root).is_dir() else []:
         job = read_job(d) if d.is_dir() else None
         if job and job.get("config") and _same(job["config"], want):
-            js = job_state(d)
+            js = _job_state(d)
             if js is not None and js.active:
                 return d.name
     return None
@@ -287,7 +334,7 @@ def active_jobs(root: Path) -> list[tuple[str, dict]]:
     for d in sorted(Path(root).iterdir()) if Path(root).is_dir() else []:
         job = read_job(d) if d.is_dir() else None
         if job is not None:
-            js = job_state(d)
+            js = _job_state(d)
             if js is not None and js.active:
                 out.append((d.name, job))
     return out
@@ -312,7 +359,7 @@ def queue_position(run_dir: Path) -> tuple[int, int] | None:
     """(position, length) of the run in the queue of jobs waiting for a slot, position 1
     first; None when it is not waiting."""
     run_dir = Path(run_dir)
-    queue = job_slot.waiting_jobs(run_dir.parent)
+    queue = _shared(("queue", str(run_dir.parent)), lambda: job_slot.waiting_jobs(run_dir.parent))
     return (queue.index(run_dir.name) + 1, len(queue)) if run_dir.name in queue else None
 
 
@@ -332,7 +379,7 @@ def start(root: Path, name: str, cfg: RunConfig, threads: int, max_jobs: int | N
     cfg.validate()
     run_dir = safe_run_path(root, check_name(name))  # never a symlink out of the runs folder
     with _runs_lock(root):
-        js = job_state(run_dir) if run_dir.is_dir() else None
+        js = _job_state(run_dir) if run_dir.is_dir() else None
         if js is not None and js.active:
             raise JobBusy(f"{name} is already training (epoch {js.epoch} of {js.epochs})")
         twin = active_job_with_settings(root, cfg)
@@ -370,7 +417,7 @@ def resume(root: Path, name: str, threads: int, max_jobs: int | None = None, lr:
         cfg.validate()  # TrainerError for a learning rate out of range
     epoch = read_train_state(run_dir)["epoch"]
     with _runs_lock(root):
-        js = job_state(run_dir)
+        js = _job_state(run_dir)
         if js is not None and js.active:
             raise JobBusy(f"{name} is already training (epoch {js.epoch} of {js.epochs})")
         check_room(root, session)
@@ -403,6 +450,7 @@ def _launch(root: Path, run_dir: Path, cfg: RunConfig, command: list[str], threa
             (run_dir / JOB_CONFIG_FILE).unlink(missing_ok=True)
         raise TrainerError(f"cannot start the training process ({e.strerror or e})") from None
     _PROCS[proc.pid] = proc
+    _forget()
     atomic_write_json(run_dir / JOB_FILE, {"pid": proc.pid, "config": cfg.to_dict(), "command": command[1:],
                                            "started": time.time(), "session": session})
     status = read_status_dead_as_failed(run_dir)
@@ -416,7 +464,7 @@ def cancel(run_dir: Path, wait_s: float = 15.0) -> JobState | None:
     step, keeps the last epoch's checkpoint and marks the run cancelled), SIGKILL if it has
     not stopped after `wait_s` seconds. Returns the final state."""
     run_dir = Path(run_dir)
-    js = job_state(run_dir)
+    js = _job_state(run_dir)
     if js is None or not js.active or js.pid is None:
         return js
     pid = js.pid
@@ -432,7 +480,8 @@ def cancel(run_dir: Path, wait_s: float = 15.0) -> JobState | None:
     if status is None or status.get("state") in ACTIVE:  # stopped before the trainer could say so
         write_status(run_dir, "cancelled", message="cancelled before the first epoch finished")
     _PROCS.pop(pid, None)
-    return job_state(run_dir)
+    _forget()
+    return _job_state(run_dir)
 
 
 def _signal_group(pid: int, sig: int) -> None:
