@@ -689,7 +689,7 @@ def section_load(ctx: Context) -> None:
     q = ctx.quick
     sessions = (1, 3) if q else (1, 10, 30)
     res = run_figures(ctx.workdir, sessions, seconds=15 if q else 60, soak_s=10 if q else 600,
-                      think_s=3.0, presses=5 if q else 30, train_epochs=5 if q else 30, leave_s=5 if q else 130)
+                      think_s=1.0 if q else 3.0, presses=5 if q else 30, train_epochs=5 if q else 30, leave_s=5 if q else 130)
     ctx.sections["load"] = res
     base = {(c["jobs"], p): v["p95_s"] for c in res["configs"] if c["sessions"] == 1
             for p, v in c["pages"].items()}
@@ -707,9 +707,9 @@ def section_load(ctx: Context) -> None:
                     note=f"p50 {v['p50_s']:.3f} s over {v['reruns']} reruns")
         ctx.row("load", f"errors, {c['sessions']} sessions, {c['jobs']} job(s)", len(c["errors"]), "",
                 target="0", met=not c["errors"], note="; ".join(c["errors"][:3]))
-        ctx.row("load", f"server CPU per rerun, {c['sessions']} sessions, {c['jobs']} job(s)",
-                c["cpu_s_per_rerun"], "s", note=f"{c['server_cores']:.2f} cores busy; harness "
-                                                 f"{c['client_cpu_s']:.1f} CPU s")
+        ctx.row("load", f"server CPU per script run, {c['sessions']} sessions, {c['jobs']} job(s)",
+                c["cpu_s_per_rerun"], "s", note=f"{c['runs_finished']} runs ({c['auto_reruns']} by run_every timers); "
+                                                 f"{c['server_cores']:.2f} cores busy; harness {c['client_cpu_s']:.1f} CPU s")
     rss = res["rss_bytes"]
     warm = rss.get("warm")
     for when in ("start", "warm", "after_soak", "after_leave"):
