@@ -7,7 +7,8 @@
 
 Sections: 1 training throughput vs pythae, 2 against the float32 matmul peak (and bfloat16),
 3 small data (digits epoch, the app's first-start training), 4 scaling (data, threads,
-epochs), 5 interactive paths, 6 in the browser, 7 peak memory, 8 quality beside pythae.
+epochs), 5 interactive paths, 6 in the browser, 7 peak memory, 8 quality beside pythae,
+load a classroom: many sessions on one server (bench/load.py, issue 17).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .common import Context, Sizes, sizes_dict
 from .cpu import machine, measure_load
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("1", "2", "3", "4", "5", "6", "7", "8")
+SECTIONS = ("1", "2", "3", "4", "5", "6", "7", "8", "load")
 EXIT_BUSY = 3  # refused: the CPU is loaded by other processes
 
 
@@ -44,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
     bad = [s for s in wanted if s not in SECTIONS]
     if bad or not wanted:
-        p.error(f"--sections takes numbers from 1 to 8, e.g. 1,2,5 (got {args.sections!r})")
+        p.error(f"--sections takes numbers from 1 to 8 and load, e.g. 1,2,5 (got {args.sections!r})")
     args.sections = wanted
     if args.threads < 0:
         p.error("--threads must be 0 (all cores) or more")
@@ -80,6 +81,10 @@ def run_section(ctx: Context, section: str) -> None:
         memory.section_7(ctx)
     elif section == "8":
         quality.section_8(ctx)
+    elif section == "load":
+        from . import load
+
+        load.section_load(ctx)
 
 
 def fmt(v) -> str:

@@ -10,6 +10,11 @@ when the trainer ends, however it ends (kill -9 included). Waiting needs no app:
 jobs start one after another even with every browser tab closed, and an app that restarts
 finds them by reading the run folders.
 
+The trainer runs at a lower CPU priority than the server (job_nice(): $VAE_JOB_NICE, default
+5: on a busy core the server's reruns get about three times the trainer's share), so that
+several jobs, or one job's threads, never take the cores the app's users wait on (issue 17).
+Priority changes no number the trainer computes.
+
 It imports no torch (only the trainer's torch-free modules: trainer.liveness, its process
 check, and trainer.fileio, its atomic writes), so a waiting job costs almost nothing.
 """
@@ -29,6 +34,15 @@ from trainer.liveness import process_alive
 SLOTS = ".slots"  # under the runs folder
 JOB_FILE = "job.json"  # jobs.JOB_FILE
 POLL_S = 0.25  # how often a waiting job looks again
+
+
+def job_nice() -> int:
+    """How much lower the trainer's priority is than the server's: $VAE_JOB_NICE, default 5
+    (0 to 19; 0 keeps the server's)."""
+    try:
+        return min(19, max(0, int(os.environ.get("VAE_JOB_NICE", "5"))))
+    except ValueError:
+        return 5
 
 
 def _read_json(path: Path) -> dict | None:
@@ -105,6 +119,10 @@ def main(argv: list[str]) -> int:
     root, limit, command = Path(argv[0]), int(argv[1]), argv[3:]
     run_dir = Path(command[command.index("--out") + 1])
     wait_for_slot(root, run_dir, limit)
+    try:
+        os.nice(job_nice())
+    except OSError:  # not permitted here: train at the server's priority
+        pass
     os.execv(command[0], command)  # the trainer takes over this process, slot lock included
     return 0  # not reached
 

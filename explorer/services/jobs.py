@@ -18,6 +18,13 @@ No duplicates: `job.json` is created with O_EXCL (one job per run folder, even f
 browser tabs or two app processes), and a lock on the runs folder serialises the start of
 jobs so that a second click with the same settings finds the first job instead of starting
 a twin.
+
+A crowd cannot fill the queue (issue 17): at most max_jobs_per_session() jobs of one browser
+session ($VAE_MAX_JOBS_PER_SESSION, default 2) and max_queued_jobs() of the whole runs folder
+($VAE_MAX_QUEUED, default 8) are queued or training at once; a press of Train beyond either
+is refused with a message that says why and when to press again (QueueFull, a JobBusy: the
+Train page shows it as "Not started: ..."). Nothing is lost: a refused press leaves no run
+folder behind and the form keeps its settings. The session is recorded in job.json.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,6 +62,11 @@ _PROCS: dict[int, subprocess.Popen] = {}
 
 class JobBusy(TrainerError):
     """A job for this run (or with these exact settings) is already queued or running."""
+
+
+class QueueFull(JobBusy):
+    """This session, or the whole runs folder, already has as many jobs queued or training as
+    it may (max_jobs_per_session, max_queued_jobs)."""
 
 
 @dataclass
@@ -151,8 +164,54 @@ def last_error_line(run_dir: Path) -> str:
     return ""
 
 
+# -- what the pages ask every second, shared by the sessions ---------------------------------
+# Every open page with a job in view asks job_state and queue_position once a second (the
+# sidebar's job line, the progress bar): with 8 jobs in a 40-run folder that was 85 ms of
+# file reads per session per second, more than 2 cores for 30 sessions (issue 17). The
+# answers are kept for STATE_MAX_AGE_S and shared by every session of this server; a job
+# record or status written since (the files' modification times) is read at once, and what
+# this process starts or cancels clears them. Decisions (start, resume, cancel) read afresh.
+STATE_MAX_AGE_S = 0.5
+_kept: dict[tuple, tuple[float, object]] = {}
+_kept_lock = threading.Lock()
+
+
+def _shared(key: tuple, compute):
+    now = time.monotonic()
+    with _kept_lock:
+        hit = _kept.get(key)
+    if hit is not None and now - hit[0] < STATE_MAX_AGE_S:
+        return hit[1]
+    value = compute()
+    with _kept_lock:
+        if len(_kept) > 10_000:  # old keys (files since rewritten): drop them all, they are cheap to refill
+            _kept.clear()
+        _kept[key] = (now, value)
+    return value
+
+
+def _forget() -> None:
+    with _kept_lock:
+        _kept.clear()
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0
+
+
 def job_state(run_dir: Path) -> JobState | None:
-    """The state of the run's training job, or None if it never had one."""
+    """The state of the run's training job, or None if it never had one (at most
+    STATE_MAX_AGE_S old where the job's files have not changed since)."""
+    run_dir = Path(run_dir)
+    key = ("state", str(run_dir), _mtime(run_dir / JOB_FILE), _mtime(run_dir / "status.json"))
+    return _shared(key, lambda: _job_state(run_dir))
+
+
+def _job_state(run_dir: Path) -> JobState | None:
+    """job_state, read now."""
     run_dir = Path(run_dir)
     status = read_status_dead_as_failed(run_dir)
     job = read_job(run_dir)
@@ -200,7 +259,7 @@ def active_job_with_settings(root: Path, cfg: RunConfig) -> str | None:
     for d in sorted(Path(root).iterdir()) if Path(root).is_dir() else []:
         job = read_job(d) if d.is_dir() else None
         if job and job.get("config") and _same(job["config"], want):
-            js = job_state(d)
+            js = _job_state(d)
             if js is not None and js.active:
                 return d.name
     return None
@@ -216,14 +275,17 @@ def _same(saved: dict, want: dict) -> bool:
 def train_threads(cores: int | None = None) -> int:
     """Torch threads for a job the app starts: $VAE_TRAIN_THREADS, else this machine's cores
     (`cores`, by default those this process may use) less one, kept for the app's server and
-    the browser; between 1 and 4. On 2 cores a second training thread does not speed up the
-    default model, and it made the app itself wait (README, Performance)."""
+    the browser, shared among the max_concurrent_jobs() jobs that may train at once; between
+    1 and 4. On 2 cores a second training thread does not speed up the default model, and it
+    made the app itself wait (README, Performance). Where the jobs' single threads would take
+    every core anyway (2 jobs on 2 cores), the jobs run at a lower priority (job_slot.job_nice)
+    so that the server is served first."""
     env = os.environ.get("VAE_TRAIN_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(4, cores - 1))
+    return max(1, min(4, (cores - 1) // max_concurrent_jobs()))
 
 
 def max_concurrent_jobs() -> int:
@@ -235,27 +297,89 @@ def max_concurrent_jobs() -> int:
         return 1
 
 
+def _env_count(name: str, default: int) -> int:
+    try:
+        return max(1, int(os.environ.get(name, str(default))))
+    except ValueError:
+        return default
+
+
+def max_queued_jobs() -> int:
+    """How many jobs the runs folder may hold queued or training at once: $VAE_MAX_QUEUED,
+    default 8 (at one job at a time and a minute a job, the last waits about 8 minutes)."""
+    return max(_env_count("VAE_MAX_QUEUED", 8), max_concurrent_jobs())
+
+
+def max_jobs_per_session() -> int:
+    """How many jobs one browser session may have queued or training at once:
+    $VAE_MAX_JOBS_PER_SESSION, default 2 (a second seed beside the first)."""
+    return _env_count("VAE_MAX_JOBS_PER_SESSION", 2)
+
+
+def current_session() -> str | None:
+    """The id of the Streamlit session whose script calls this, or None outside one (the
+    command line, a test, a bench)."""
+    try:
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+        ctx = get_script_run_ctx(suppress_warning=True)
+    except Exception:  # streamlit missing or not running: no session
+        return None
+    return getattr(ctx, "session_id", None) if ctx is not None else None
+
+
+def active_jobs(root: Path) -> list[tuple[str, dict]]:
+    """(name, job.json) of every job in `root` that is queued or training now."""
+    out = []
+    for d in sorted(Path(root).iterdir()) if Path(root).is_dir() else []:
+        job = read_job(d) if d.is_dir() else None
+        if job is not None:
+            js = _job_state(d)
+            if js is not None and js.active:
+                out.append((d.name, job))
+    return out
+
+
+def check_room(root: Path, session: str | None) -> None:
+    """Raise QueueFull, saying why and what to do, when this session or the runs folder has
+    as many jobs queued or training as it may. Called with the runs lock held."""
+    active = active_jobs(root)
+    mine = [name for name, job in active if session is not None and job.get("session") == session]
+    per_session = max_jobs_per_session()
+    if session is not None and len(mine) >= per_session:
+        raise QueueFull(f"you already have {len(mine)} job(s) queued or training ({', '.join(mine)}; at most "
+                        f"{per_session} per person): wait until it has finished, or cancel it, then press Train again")
+    limit = max_queued_jobs()
+    if len(active) >= limit:
+        raise QueueFull(f"the training queue is full: {len(active)} jobs are queued or training (at most {limit} "
+                        "at once on this server); your settings are kept, press Train again when one has finished")
+
+
 def queue_position(run_dir: Path) -> tuple[int, int] | None:
     """(position, length) of the run in the queue of jobs waiting for a slot, position 1
     first; None when it is not waiting."""
     run_dir = Path(run_dir)
-    queue = job_slot.waiting_jobs(run_dir.parent)
+    queue = _shared(("queue", str(run_dir.parent)), lambda: job_slot.waiting_jobs(run_dir.parent))
     return (queue.index(run_dir.name) + 1, len(queue)) if run_dir.name in queue else None
 
 
-def start(root: Path, name: str, cfg: RunConfig, threads: int, max_jobs: int | None = None) -> Path:
+def start(root: Path, name: str, cfg: RunConfig, threads: int, max_jobs: int | None = None,
+          session: str | None = None) -> Path:
     """Launch `python -m trainer fit` for `cfg` into `root/name`; returns the run folder.
 
     The job goes through the queue (job_slot): at most `max_jobs` (default
     max_concurrent_jobs()) train at once, the rest wait. Raises JobBusy if that run is
     already training, or if another run with the very same settings is (a double click, a
-    second tab), and TrainerError for a bad name or config.
+    second tab), QueueFull (a JobBusy) when `session` (default: the calling Streamlit
+    session, current_session()) or the runs folder may not queue another job (check_room),
+    and TrainerError for a bad name or config.
     """
+    session = session if session is not None else current_session()
     root = Path(root).resolve()
     cfg.validate()
     run_dir = safe_run_path(root, check_name(name))  # never a symlink out of the runs folder
     with _runs_lock(root):
-        js = job_state(run_dir) if run_dir.is_dir() else None
+        js = _job_state(run_dir) if run_dir.is_dir() else None
         if js is not None and js.active:
             raise JobBusy(f"{name} is already training (epoch {js.epoch} of {js.epochs})")
         twin = active_job_with_settings(root, cfg)
@@ -263,20 +387,25 @@ def start(root: Path, name: str, cfg: RunConfig, threads: int, max_jobs: int | N
             raise JobBusy(f"a run with exactly these settings is already training: {twin}")
         if run_dir.exists() and any(run_dir.iterdir()):
             raise TrainerError(f"a run named {name} already exists: choose another name or delete it first")
+        check_room(root, session)
         run_dir.mkdir(parents=True, exist_ok=True)
         try:  # O_EXCL: exactly one job per run folder, whatever else happens concurrently
             fd = os.open(run_dir / JOB_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             raise JobBusy(f"{name} is already being started") from None
         os.close(fd)
-        _launch(root, run_dir, cfg, fit_command(cfg, run_dir, threads), threads, max_jobs, job_config=cfg)
+        _launch(root, run_dir, cfg, fit_command(cfg, run_dir, threads), threads, max_jobs, job_config=cfg,
+                session=session)
     return run_dir
 
 
-def resume(root: Path, name: str, threads: int, max_jobs: int | None = None, lr: float | None = None) -> Path:
+def resume(root: Path, name: str, threads: int, max_jobs: int | None = None, lr: float | None = None,
+           session: str | None = None) -> Path:
     """Continue a failed or cancelled run from its last saved epoch (`python -m trainer fit
     --resume`), through the same queue, at learning rate `lr` if given (else the run's).
-    Raises JobBusy if it is training, TrainerError if it has no usable checkpoint."""
+    Raises JobBusy if it is training, QueueFull as start does, TrainerError if it has no
+    usable checkpoint."""
+    session = session if session is not None else current_session()
     from trainer.checkpoints import read_train_state
     from trainer.runs import load_config
 
@@ -288,16 +417,18 @@ def resume(root: Path, name: str, threads: int, max_jobs: int | None = None, lr:
         cfg.validate()  # TrainerError for a learning rate out of range
     epoch = read_train_state(run_dir)["epoch"]
     with _runs_lock(root):
-        js = job_state(run_dir)
+        js = _job_state(run_dir)
         if js is not None and js.active:
             raise JobBusy(f"{name} is already training (epoch {js.epoch} of {js.epochs})")
+        check_room(root, session)
         _launch(root, run_dir, cfg, resume_command(cfg, run_dir, threads, lr), threads, max_jobs,
-                message=f"resuming from epoch {epoch}")
+                message=f"resuming from epoch {epoch}", session=session)
     return run_dir
 
 
 def _launch(root: Path, run_dir: Path, cfg: RunConfig, command: list[str], threads: int,
-            max_jobs: int | None, message: str = "", job_config: RunConfig | None = None) -> None:
+            max_jobs: int | None, message: str = "", job_config: RunConfig | None = None,
+            session: str | None = None) -> None:
     """Start `command` (a trainer command line) for run_dir through the queue; job.json and a
     `queued` status record it. A new run passes its settings as `job_config`, written to
     JOB_CONFIG_FILE first (fit_command's --config). Called with the runs lock held."""
@@ -319,8 +450,9 @@ def _launch(root: Path, run_dir: Path, cfg: RunConfig, command: list[str], threa
             (run_dir / JOB_CONFIG_FILE).unlink(missing_ok=True)
         raise TrainerError(f"cannot start the training process ({e.strerror or e})") from None
     _PROCS[proc.pid] = proc
-    atomic_write_json(run_dir / JOB_FILE, {"pid": proc.pid, "config": cfg.to_dict(),
-                                           "command": command[1:], "started": time.time()})
+    _forget()
+    atomic_write_json(run_dir / JOB_FILE, {"pid": proc.pid, "config": cfg.to_dict(), "command": command[1:],
+                                           "started": time.time(), "session": session})
     status = read_status_dead_as_failed(run_dir)
     if status is None or message:  # the trainer overwrites this with "running"
         write_status(run_dir, "queued", pid=proc.pid, epoch=(status or {}).get("epoch", 0),
@@ -332,7 +464,7 @@ def cancel(run_dir: Path, wait_s: float = 15.0) -> JobState | None:
     step, keeps the last epoch's checkpoint and marks the run cancelled), SIGKILL if it has
     not stopped after `wait_s` seconds. Returns the final state."""
     run_dir = Path(run_dir)
-    js = job_state(run_dir)
+    js = _job_state(run_dir)
     if js is None or not js.active or js.pid is None:
         return js
     pid = js.pid
@@ -348,7 +480,8 @@ def cancel(run_dir: Path, wait_s: float = 15.0) -> JobState | None:
     if status is None or status.get("state") in ACTIVE:  # stopped before the trainer could say so
         write_status(run_dir, "cancelled", message="cancelled before the first epoch finished")
     _PROCS.pop(pid, None)
-    return job_state(run_dir)
+    _forget()
+    return _job_state(run_dir)
 
 
 def _signal_group(pid: int, sig: int) -> None:
