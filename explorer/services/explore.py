@@ -189,8 +189,10 @@ def slerp(a: np.ndarray, b: np.ndarray, t) -> np.ndarray:
     """Spherical interpolation: along the great circle between the directions of a and b,
     with the norm interpolated linearly, so every point's norm lies between |a| and |b|.
     Under N(0, I) most mass sits near the sphere of radius sqrt(d) (the typical set); the
-    straight line cuts inside it, slerp keeps to it. Falls back to lerp for (anti)parallel
-    or zero endpoints."""
+    straight line cuts inside it, slerp keeps to it. Falls back to lerp for parallel or zero
+    endpoints, and for opposite ones in d = 1 (no circle joins them); opposite endpoints in
+    d >= 2 have no one great circle: the path goes a quarter circle to a fixed perpendicular
+    direction, then a quarter circle on to b."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     t = np.asarray(t, dtype=np.float64)[..., None]
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
@@ -198,8 +200,15 @@ def slerp(a: np.ndarray, b: np.ndarray, t) -> np.ndarray:
         return lerp(a, b, t[..., 0])
     ua, ub = a / na, b / nb
     omega = math.acos(float(np.clip(ua @ ub, -1.0, 1.0)))
-    if omega < 1e-6 or math.pi - omega < 1e-6:
+    if omega < 1e-6 or (math.pi - omega < 1e-6 and a.size == 1):
         return lerp(a, b, t[..., 0])
+    if math.pi - omega < 1e-6:  # (nearly) opposite: through m, perpendicular to a, at the mean norm
+        e = np.zeros_like(ua)
+        e[np.argmin(np.abs(ua))] = 1.0  # the axis least aligned with a
+        perp = e - (e @ ua) * ua
+        m = perp / np.linalg.norm(perp) * (0.5 * (na + nb))
+        first, second = slerp(a, m, np.minimum(2 * t[..., 0], 1.0)), slerp(m, b, np.maximum(2 * t[..., 0] - 1, 0.0))
+        return np.where(t <= 0.5, first, second)
     s = math.sin(omega)
     direction = (np.sin((1 - t) * omega) * ua + np.sin(t * omega) * ub) / s  # unit vectors
     return direction * ((1 - t) * na + t * nb)

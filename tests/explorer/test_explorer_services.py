@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as hst
 
 from explorer.services import cached, explore, pictures, uploads
@@ -25,6 +25,7 @@ vectors = hst.integers(1, 64).flatmap(lambda d: hst.tuples(
 @given(vectors, hst.floats(0, 1, allow_subnormal=False))
 def test_slerp_keeps_norms_between_the_endpoints_norms(ab, t):
     a, b = np.array(ab[0]), np.array(ab[1])
+    assume(not (a.size == 1 and a[0] * b[0] < 0))  # opposite in d = 1: no circle joins them (slerp's doc)
     z = explore.slerp(a, b, t)
     lo, hi = sorted((np.linalg.norm(a), np.linalg.norm(b)))
     assert lo - 1e-9 <= np.linalg.norm(z) <= hi + 1e-9
@@ -40,6 +41,16 @@ def test_lerp_and_slerp_start_at_a_and_end_at_b(ab):
         np.testing.assert_allclose(z[1], b, atol=1e-9)
     np.testing.assert_allclose(explore.lerp(a, b, 0.0), a)
     np.testing.assert_allclose(explore.lerp(a, b, 1.0), b)
+
+
+def test_slerp_between_opposite_codes_keeps_to_the_sphere():
+    a = np.array([3.0, 0.0, 0.0])
+    t = np.linspace(0, 1, 9)
+    z = explore.slerp(a, -a, t)
+    np.testing.assert_allclose(np.linalg.norm(z, axis=1), 3.0, atol=1e-12)
+    np.testing.assert_allclose(z[[0, -1]], [a, -a], atol=1e-12)
+    cos = np.clip((z[:-1] * z[1:]).sum(1) / 9.0, -1, 1)
+    np.testing.assert_allclose(np.arccos(cos), np.pi / 8, atol=1e-9)  # constant angular speed
 
 
 def test_slerp_moves_at_constant_angular_speed_on_the_circle():
