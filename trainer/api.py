@@ -118,6 +118,8 @@ def _fit_locked(cfg: RunConfig, out: Path, resume: bool, on_epoch, on_step, stop
     and the trainer, its starting point (_restore, or a first checkpoint), then training,
     reported in the folder by a _Reporter. Errors of the training loop are mapped here."""
     cfg = _prepare(cfg, out, resume, lr)
+    if resume:  # the folder is ours (locked): what a killed run's half-done writes left goes
+        fileio.remove_temp_files(out, runs.TRAINING_FILES)
     threads = set_threads(cfg.train.threads)
     device = distributed.run_device(cfg.train.device)  # under torchrun: this rank's GPU, or the CPU
     should_stop = _stop_signal(stop, handle_signals)

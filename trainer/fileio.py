@@ -55,6 +55,22 @@ def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
         fsync_dir(path.parent)
 
 
+def remove_temp_files(folder: Path, names) -> list[str]:
+    """Remove the temp files that atomic writes of `names` (file names in `folder`) left
+    behind when their process was killed mid-write (kill -9, a power cut): `.NAME.*.tmp`.
+    Only for a folder whose writer is known to be dead (a run folder held under its lock);
+    returns the names removed."""
+    removed = []
+    for name in names:
+        for tmp in Path(folder).glob(f".{name}.*.tmp"):
+            try:
+                tmp.unlink()
+                removed.append(tmp.name)
+            except OSError:
+                pass
+    return removed
+
+
 def fsync_dir(folder: Path) -> None:
     """Make the renames in `folder` durable (best effort: not every file system allows it)."""
     try:

@@ -66,6 +66,11 @@ def _config_from(path: Path, raw: Any) -> RunConfig:
         raise TrainerError(f"{path}: {e}") from None
 
 
+# What a training process writes atomically into its run folder (fileio): a resume removes
+# the temp files a killed one left of these (fileio.remove_temp_files)
+TRAINING_FILES = ("config.json", "status.json", "train_state.json", "metrics.jsonl", "model.safetensors",
+                  "optim.safetensors.next", "data.json", "standardize.json", "linear_path.json",
+                  "latent_snapshots.safetensors")
 DATA_INFO = "data.json"  # the names of the run's data (trainer.data.Dataset.names)
 _DATA_INFO_LISTS = ("feature_names", "label_names", "class_names")
 
