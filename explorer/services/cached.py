@@ -91,3 +91,30 @@ def evaluation(ckpt: Checkpoint, k: int = explore.EVAL_K) -> dict:
     """trainer.evaluate_run on the test split: elbo, recon, kl, log_px (K = k), gap, active
     units; per-sample means, nats."""
     return evaluate_run(ckpt.run(), "test", k=k)
+
+
+# -- the in-page latent map's payloads (explorer/services/inpage.py) ----------------------------
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def map_samples(ckpt: Checkpoint, manifold_n: int = 15, manifold_span: float = 3.0) -> bytes:
+    """Thumbnails (or bar strips), the decoder and its plane, and for an image run with d = 2
+    the decoded-manifold picture: one blob, sent to the page once per checkpoint."""
+    from . import inpage, pictures
+
+    enc = encoded(ckpt)
+    background = None
+    if enc.is_image and enc.latent_dim == 2:
+        background = pictures.manifold_background(manifold(ckpt, manifold_n, manifold_span), manifold_n,
+                                                  manifold_span, scale=1)  # the page scales it up
+    return inpage.samples_payload(ckpt.run(), enc, reconstructions(ckpt), background)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def map_points(ckpt: Checkpoint, method: str, color_by: str, palette: tuple[str, ...]) -> bytes:
+    """The points of the map in one projection, coloured by one option: one blob."""
+    from . import inpage
+
+    enc = encoded(ckpt)
+    values, discrete = explore.color_values(enc, color_by)
+    return inpage.points_payload(projection(ckpt, method).xy, values, discrete, color_by, list(palette),
+                                 explore.category_names(color_by))

@@ -1,12 +1,14 @@
-"""Latent map: where the encoder puts each test sample (its posterior mean mu(x))."""
+"""Latent map: where the encoder puts each test sample (its posterior mean mu(x)), drawn in the
+page by explorer/components/latent_map/ (hover, zoom, pan and decode at the cursor run there;
+a click selects a sample)."""
 
 from __future__ import annotations
 
-import plotly.graph_objects as go
 import streamlit as st
 
 from explorer import charts, state
-from explorer.services import cached, explore, pictures
+from explorer.components import latent_map
+from explorer.services import cached, explore, inpage
 from explorer.views import common
 
 MANIFOLD_N = 15  # decoded images per side of the manifold grid
@@ -26,10 +28,10 @@ def main() -> None:
         method = projection_picker(page.enc.latent_dim)
     with c3:
         show_grid, show_contours = overlay_switches(page.enc)
-    fig = map_figure(page, color_by, method, show_grid, show_contours)
     left, right = st.columns([3, 2])
     with left:
-        map_chart(fig, color_by, method, page.enc.latent_dim)
+        view = map_view(page, color_by, method, show_grid, show_contours)
+        map_chart(view, color_by, method, page.enc.latent_dim)
     with right:
         selected_sample(page)
 
@@ -94,37 +96,37 @@ def projected(ckpt: cached.Checkpoint, method: str, n: int) -> explore.Projectio
         return cached.projection(ckpt, method)
 
 
-def map_figure(page: common.ExplorePage, color_by: str, method: str, show_grid: bool,
-               show_contours: bool) -> go.Figure:
-    """The test set's codes coloured, the selected sample ringed, and the chosen overlays."""
+def map_view(page: common.ExplorePage, color_by: str, method: str, show_grid: bool, show_contours: bool) -> dict:
+    """Send the map's payloads (once per checkpoint, projection and colouring: an unchanged
+    one is not re-sent) and return the small view that names them."""
     proj = projected(page.checkpoint, method, page.enc.n)
-    values, discrete = explore.color_values(page.enc, color_by)
-    i = common.selected_index(page.enc.n)
-    background = contours = None
-    if show_grid:
-        images = cached.manifold(page.checkpoint, MANIFOLD_N, MANIFOLD_SPAN)
-        background = pictures.manifold_background(images, MANIFOLD_N, MANIFOLD_SPAN)
-    if show_contours:
-        contours = explore.prior_density_grid()
-    return charts.latent_map(proj.xy, values, color_by, discrete, proj.axis_titles, selected=i,
-                             background=background, contours=contours,
-                             category_names=explore.category_names(color_by))
+    samples = cached.map_samples(page.checkpoint, MANIFOLD_N, MANIFOLD_SPAN)
+    points = cached.map_points(page.checkpoint, method, color_by, tuple(charts.CATEGORY_COLORS))
+    latent_map.payload(samples, key="latent_map_samples")
+    latent_map.payload(points, key="latent_map_points")
+    linear_view = page.enc.latent_dim <= 2 or method == "PCA"  # the cursor is a point of the plane
+    return {"samples": inpage.payload_id(samples), "points": inpage.payload_id(points),
+            "selected": common.selected_index(page.enc.n), "view_key": f"{page.summary.name}|{proj.method}",
+            "axes": list(proj.axis_titles), "decode": bool(linear_view), "contours": bool(show_contours),
+            "manifold": bool(show_grid)}
 
 
-def map_chart(fig: go.Figure, color_by: str, method: str, d: int) -> None:
+def map_chart(view: dict, color_by: str, method: str, d: int) -> None:
     """The map, clickable, and what its axes and colours mean."""
-    st.plotly_chart(fig, key=CHART_KEY, on_select=_on_select, selection_mode="points",
-                    config={"scrollZoom": True, "displaylogo": False})
+    latent_map.latent_map(view, key=CHART_KEY, on_select=_on_select)
     st.caption(("Axes: latent coordinates z1, z2. " if d <= 2 else f"Axes: {method} of the {d}-D codes. ")
                + ("Colour: " + (f"{color_by} (nats per sample, higher is better)."
                                 if color_by in ("ELBO", "recon") else
                                 "KL of q(z|x) to the prior, nats per sample (lower costs less)."
                                 if color_by == "KL" else f"{color_by}."))
-               + " Scroll to zoom, drag to pan.")
+               + (" Under the cursor: the decoder's mean f(z)" + (" on the plane of the first two principal "
+                                                                  "components through the mean of the codes."
+                                                                  if d > 2 else ".")
+                  if view["decode"] else " Decoding at the cursor needs d = 2 or the PCA view (a plane of codes)."))
 
 
 def _on_select() -> None:
-    i = common.point_from_event(CHART_KEY)
+    i = latent_map.selected_index(CHART_KEY)
     if i is not None:
         state.set("sample", i)
 
