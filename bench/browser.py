@@ -162,6 +162,8 @@ def section_6(ctx: Context) -> None:
 
                 _say("timing the Interpolate slider")
                 result["slider_ms"] = _slider_moves(page, app, s.browser_moves)
+                from .browser_map import map_measures  # the in-page latent map (issue 14)
+                map_measures(ctx, browser, app, s.browser_moves)
                 context.close()
             finally:
                 browser.close()

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 import streamlit as st
+import torch
 
 from trainer import Run, evaluate_run
 
@@ -114,7 +115,30 @@ def map_points(ckpt: Checkpoint, method: str, color_by: str, palette: tuple[str,
     """The points of the map in one projection, coloured by one option: one blob."""
     from . import inpage
 
+    from trainer import snapshots
+
     enc = encoded(ckpt)
     values, discrete = explore.color_values(enc, color_by)
-    return inpage.points_payload(projection(ckpt, method).xy, values, discrete, color_by, list(palette),
-                                 explore.category_names(color_by))
+    proj = projection(ckpt, method)
+    saved = snapshots.read(ckpt.path)  # the codes during training, for the epoch player
+    frames = None
+    if saved is not None and (places := inpage.project_snapshots(saved[1], proj)) is not None:
+        frames = (saved[0], places)
+    status = ckpt.run().status or {}
+    return inpage.points_payload(proj.xy, values, discrete, color_by, list(palette),
+                                 explore.category_names(color_by), frames, status.get("epoch"))
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def live_inputs(data: str, seed: int, n: int) -> tuple[bytes, np.ndarray | None, list[str]]:
+    """For the live map of a run still training: its first n test inputs (those the snapshots
+    hold) as a samples payload, and their labels (n, F) with the labels' names."""
+    from trainer import load_dataset
+
+    from . import inpage
+
+    ds = load_dataset(data, seed)
+    x = ds.x_test[0:n]
+    x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    labels = None if ds.y_test is None else np.asarray(ds.y_test)[:n]
+    return inpage.inputs_payload(x, ds.is_image), labels, list(ds.label_names)

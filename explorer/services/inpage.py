@@ -273,12 +273,55 @@ def colours(values: np.ndarray | None, discrete: bool, name: str, palette: list[
 
 def points_payload(xy: np.ndarray, values: np.ndarray | None, discrete: bool, color_name: str,
                    palette: list[str], category_names: dict[float, str] | None = None,
-                   extra_meta: dict | None = None) -> bytes:
-    """The drawn points: where (xy (N, 2) of the projection), their colours and the legend."""
+                   snapshots: tuple[np.ndarray, np.ndarray] | None = None, checkpoint_epoch: int | None = None) -> bytes:
+    """The drawn points: where (xy (N, 2) of the projection), their colours and the legend;
+    with snapshots (epochs (S,), places (S, n, 2) of the first n test samples, projected as
+    xy is) also where they were at those epochs, for the epoch player."""
     shown = shown_points(len(xy))
     rgb, legend = colours(values, discrete, color_name, palette, category_names)
     if values is None:
         rgb = np.tile(np.array(_hex_rgb(palette[0]), np.uint8), (len(xy), 1))
-    meta = {"n": int(len(xy)), "shown": int(len(shown)), "legend": legend, **(extra_meta or {})}
-    return pack(meta, {"xy": np.asarray(xy, dtype=np.float32)[shown], "rgb": rgb[shown],
-                       "index": shown.astype(np.int32)})
+    meta = {"n": int(len(xy)), "shown": int(len(shown)), "legend": legend}
+    arrays = {"xy": np.asarray(xy, dtype=np.float32)[shown], "rgb": rgb[shown], "index": shown.astype(np.int32)}
+    if snapshots is not None and len(snapshots[0]):
+        epochs, places = snapshots
+        frames = np.full((len(epochs), len(shown), 2), np.nan, np.float32)  # NaN: not in the snapshot
+        inside = shown < places.shape[1]
+        frames[:, inside] = places[:, shown[inside]]
+        arrays["snapshots"] = frames
+        meta["snapshot_epochs"] = [int(e) for e in epochs]
+        meta["snapshot_samples"] = int(places.shape[1])
+        meta["checkpoint_epoch"] = checkpoint_epoch
+    return pack(meta, arrays)
+
+
+def project_snapshots(mu: np.ndarray, proj: explore.Projection) -> np.ndarray | None:
+    """Snapshot codes (S, n, d) in the map's plane: (S, n, 2) for the identity and PCA views
+    (the checkpoint's own axes, so the frames line up with the map); None for t-SNE and UMAP,
+    which have no map for other codes."""
+    if proj.method not in ("identity", "PCA"):
+        return None
+    s, n, d = mu.shape
+    return proj.transform(mu.reshape(s * n, d)).reshape(s, n, 2)
+
+
+def inputs_payload(x: np.ndarray, is_image: bool) -> bytes:
+    """A samples payload of the inputs alone (no reconstruction, no decoder): the live map of a
+    run still training, whose weights change every epoch."""
+    n = len(x)
+    shown = shown_points(n)
+    meta: dict = {"n": int(n), "latent_dim": 0, "is_image": bool(is_image), "shape": list(x.shape[1:])}
+    arrays: dict[str, np.ndarray] = {"atlas_index": shown.astype(np.int32)}
+    if is_image:
+        c, h, w = x.shape[1:]
+        k = min(len(shown), max(1, MAX_ATLAS_BYTES // (h * w * c)))
+        arrays["atlas_index"] = shown[:k].astype(np.int32)
+        arrays["atlas_x"] = to_uint8_images(x[shown[:k]])
+        meta["thumbnails"] = "all" if k == n else f"{k} of {n} test samples"
+    else:
+        bars = min(MAX_BARS, int(np.prod(x.shape[1:])))
+        arrays["bars_x"] = x.reshape(n, -1)[shown, :bars].astype(np.float32)
+        meta["bars"] = bars
+        lo, hi = float(arrays["bars_x"].min()), float(arrays["bars_x"].max())
+        meta["bar_range"] = [lo, hi if hi > lo else lo + 1.0]
+    return pack(meta, arrays)

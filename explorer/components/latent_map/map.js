@@ -206,8 +206,14 @@ class LatentMap {
     }, root);
     this.status = el("div", { class: "vlm-status", "aria-live": "polite" }, root);
     this.listen();
-    this.resizer = new ResizeObserver(() => this.resize());
+    this.resizer = new ResizeObserver(entries => {
+      for (const e of entries) {
+        if (e.target === this.tip) this.tipSize = { w: e.target.offsetWidth, h: e.target.offsetHeight };
+        else this.resize();
+      }
+    });
     this.resizer.observe(stage);
+    this.resizer.observe(this.tip);
     this.canvas.latentMap = this; // for the tests and the bench (page.evaluate)
   }
 
@@ -236,6 +242,8 @@ class LatentMap {
     if (!this.cam || this.camKey !== v.view_key) {
       this.camKey = v.view_key;
       this.cam = savedViews.get(v.view_key) || this.loadSavedView(v.view_key) || this.fit();
+    } else if (changed && v.live && !savedViews.has(v.view_key)) {
+      this.cam = this.fit(); // a live map follows the codes as they spread, until zoomed or panned
     }
     this.axisX.textContent = v.axes[0];
     this.axisY.textContent = v.axes[1];
@@ -286,7 +294,11 @@ class LatentMap {
   }
 
   // -- the camera -------------------------------------------------------------------------
-  size() { return { w: this.stage.clientWidth || 600, h: this.stage.clientHeight || 480 }; }
+  size() {
+    // the stage's size, read once per resize (a read on every mouse move would force a layout)
+    if (!this.stageSize) this.stageSize = { w: this.stage.clientWidth || 600, h: this.stage.clientHeight || 480 };
+    return this.stageSize;
+  }
 
   fit() {
     const { data, n } = { data: this.points.arrays.xy, n: this.points.arrays.index.length };
@@ -333,6 +345,7 @@ class LatentMap {
 
   // -- drawing ------------------------------------------------------------------------------
   resize() {
+    this.stageSize = null;
     const { w, h } = this.size();
     const dpr = window.devicePixelRatio || 1;
     for (const c of [this.canvas, this.overlay]) {
@@ -366,7 +379,7 @@ class LatentMap {
       for (const k of ks) {
         if (k >= n) continue;
         const [sx, sy] = this.toScreen(data[2 * k], data[2 * k + 1]);
-        if (sx < -5 || sy < -5 || sx > w + 5 || sy > h + 5) continue;
+        if (!(sx >= -5 && sy >= -5 && sx <= w + 5 && sy <= h + 5)) continue; // off the canvas, or NaN (not in a snapshot)
         ctx.moveTo(sx + POINT_R, sy); ctx.arc(sx, sy, POINT_R, 0, tau);
       }
       ctx.fill();
@@ -402,7 +415,7 @@ class LatentMap {
     for (let k = 0; k < n; k++) {
       const [sx, sy] = this.toScreen(data[2 * k], data[2 * k + 1]);
       scr[2 * k] = sx; scr[2 * k + 1] = sy;
-      if (sx < -HIT_R || sy < -HIT_R || sx > w + HIT_R || sy > h + HIT_R) continue;
+      if (!(sx >= -HIT_R && sy >= -HIT_R && sx <= w + HIT_R && sy <= h + HIT_R)) continue;
       const key = Math.floor(sx / cell) * 65536 + Math.floor(sy / cell);
       let b = grid.get(key);
       if (!b) grid.set(key, (b = []));
@@ -508,16 +521,16 @@ class LatentMap {
     }
     if (meta.is_image) {
       drawTile(this.thumb, arrays.atlas_x, slot);
-      drawTile(this.thumbRecon, arrays.atlas_recon, slot);
-      this.thumbRecon.parentElement.hidden = false;
+      if (arrays.atlas_recon) drawTile(this.thumbRecon, arrays.atlas_recon, slot);
+      this.thumbRecon.parentElement.hidden = !arrays.atlas_recon;
     } else {
-      const b = meta.bars;
-      drawBars(this.thumb, [arrays.bars_x.subarray(slot * b, (slot + 1) * b), arrays.bars_recon.subarray(slot * b, (slot + 1) * b)],
-        meta.bar_range, ["#636EFA", "#EF553B"]);
+      const b = meta.bars, series = [arrays.bars_x.subarray(slot * b, (slot + 1) * b)];
+      if (arrays.bars_recon) series.push(arrays.bars_recon.subarray(slot * b, (slot + 1) * b));
+      drawBars(this.thumb, series, meta.bar_range, ["#636EFA", "#EF553B"]);
       this.thumbRecon.parentElement.hidden = true;
     }
     this.thumb.dataset.sample = String(i);
-    this.thumbCaption.textContent = meta.is_image ? `sample ${i}` : `sample ${i}: x (blue), f(mu(x)) (red)`;
+    this.thumbCaption.textContent = meta.is_image || !arrays.bars_recon ? `sample ${i}` : `sample ${i}: x (blue), f(mu(x)) (red)`;
     this.thumb.setAttribute("aria-description", `input of test sample ${i}`);
   }
 
@@ -556,7 +569,9 @@ class LatentMap {
     this.tip.hidden = this.hoverBox.hidden && this.decodedBox.hidden;
     if (this.tip.hidden) return;
     const { w, h } = this.size();
-    const tw = this.tip.offsetWidth || 200, th = this.tip.offsetHeight || 120;
+    // the tip's size as last laid out (a ResizeObserver keeps it): reading offsetWidth here
+    // would make the browser lay out the whole page on every mouse move
+    const tw = this.tipSize ? this.tipSize.w : 280, th = this.tipSize ? this.tipSize.h : 120;
     const x = sx + 16 + tw > w ? sx - 16 - tw : sx + 16;
     const y = Math.min(Math.max(0, sy - th / 2), Math.max(0, h - th));
     this.tip.style.transform = `translate(${Math.round(x)}px, ${Math.round(y)}px)`;
@@ -587,8 +602,7 @@ class LatentMap {
     const max = epochs.length; // slider value epochs.length: the checkpoint itself
     if (String(this.epochSlider.max) !== String(max)) {
       this.epochSlider.max = String(max);
-      this.epochSlider.value = String(max);
-      this.epochFrame = -1;
+      if (!this.timer) { this.epochSlider.value = String(max); this.epochFrame = -1; }
     }
     this.showEpochLabel();
   }
@@ -597,7 +611,7 @@ class LatentMap {
     const epochs = this.points.meta.snapshot_epochs || [];
     const v = Number(this.epochSlider.value);
     this.epochLabel.textContent = v >= epochs.length
-      ? `epoch ${this.points.meta.checkpoint_epoch ?? epochs[epochs.length - 1]} (this checkpoint)`
+      ? `epoch ${this.points.meta.checkpoint_epoch ?? epochs[epochs.length - 1]} (${this.view.live ? "newest snapshot, training" : "this checkpoint"})`
       : `epoch ${epochs[v]} (first ${this.points.arrays.snapshots.shape[1]} test samples)`;
     this.epochSlider.setAttribute("aria-valuetext", this.epochLabel.textContent);
   }
