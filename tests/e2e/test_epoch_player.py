@@ -1,6 +1,6 @@
 """The latent map's epoch player: the trainer's snapshots of the test codes
 (trainer/snapshots.py) replayed in the page, and while a run trains, the map of its newest
-snapshot, which grows as training goes on."""
+snapshot, which grows as training goes on (on the Latent map page and the Train page)."""
 
 import re
 import time
@@ -82,6 +82,12 @@ def test_while_a_run_trains_the_map_of_its_newest_snapshot_grows(page, app, trai
         assert len(harness.sample_points(live)) > 100
         assert canvas.evaluate("c => c.latentMap.view.live") is True
         assert harness.keyed(page, "latent_map_chart").count() == 0  # not the trained run's map
+        harness.assert_no_traceback(page)
+
+        open_view(page, app, "train", "Train", run=run_dir.name)  # and on the Train page, under the job
+        train_live = harness.keyed(page, "latent_map_live")
+        harness.in_page_map(train_live)
+        assert "newest snapshot" in train_live.locator(".vlm-epoch-label").inner_text()
         harness.assert_no_traceback(page)
     finally:
         harness.stop_training(run_dir)

@@ -32,7 +32,7 @@ def camera(canvas) -> dict:
     return canvas.evaluate("c => ({...c.latentMap.cam})")
 
 
-def test_hover_shows_the_samples_input_and_reconstruction(page, app, trained_run):
+def test_hover_shows_the_samples_input_and_reconstruction(page, app, trained_run, screenshot_dirs):
     open_view(page, app, "latent-map", "Latent map", run=trained_run.name)
     chart = harness.keyed(page, "latent_map_chart")
     canvas = harness.in_page_map(chart)
@@ -61,7 +61,7 @@ def test_hover_shows_the_samples_input_and_reconstruction(page, app, trained_run
         assert recon.is_visible() and not np.array_equal(canvas_pixels(recon), pixels)
         seen.add(i)
     assert page.get_by_text(f"sample {i}", exact=True).is_visible()
-    harness.screenshot(page, "latent-map-hover")
+    harness.screenshot(page, "latent-map-hover", *screenshot_dirs)  # the README shows it
 
     page.mouse.move(5, 5)  # off the map: the tooltip goes
     assert not thumb.is_visible()
