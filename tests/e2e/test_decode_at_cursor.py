@@ -83,6 +83,21 @@ def test_above_two_dimensions_the_cursor_decodes_on_the_principal_plane(page, ap
                            [points[i][0] - box["x"], points[i][1] - box["y"]])
     assert np.allclose([u, v], xy[i], atol=1e-3)
     assert "principal components" in page.locator("body").inner_text()
+
+    # t-SNE: no plane of codes to decode on, but hovering a point still shows that sample.
+    page.get_by_role("radio", name="t-SNE").check(force=True)
+    page.wait_for_function("() => document.querySelector('[aria-label=\"latent map\"]').latentMap.view.axes[0] === 't-SNE 1'",
+                           timeout=120_000)
+    harness.wait_idle(page)
+    chart = harness.keyed(page, "latent_map_chart")
+    points = harness.sample_points(chart)
+    i = harness.isolated_point(points)
+    page.mouse.move(*points[i])
+    thumb = page.locator('[aria-label="hovered sample"]')
+    thumb.wait_for(state="visible")
+    x = load_dataset("digits", run.config.train.seed).x_test.numpy()
+    assert np.array_equal(canvas_pixels(thumb)[:, :, 0].astype(int), np.round(x[i, 0] * 255).astype(int))
+    assert not page.locator('[aria-label="decoded at cursor"]').is_visible()
     harness.assert_no_traceback(page)
 
 

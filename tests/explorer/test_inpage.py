@@ -136,3 +136,20 @@ def test_colours_and_legends():
     lut = inpage.viridis()
     assert rgb.tolist() == [lut[0].tolist(), lut[128].tolist(), lut[255].tolist()]
     assert tuple(lut[0]) == (68, 1, 84)  # Viridis starts dark purple
+
+
+def test_non_image_data_sends_its_values_for_a_bar_strip(tmp_path):
+    cfg = RunConfig(data="linear-gaussian:n=400,d=8")
+    cfg.model.latent_dim, cfg.model.hidden = 3, [16]
+    cfg.train.epochs, cfg.train.threads = 1, 1
+    fit(cfg, tmp_path / "lin")
+    run = load_run(tmp_path / "lin")
+    enc, recon, (_, meta, arrays) = encoded_payload(run)
+    assert not meta["is_image"] and "atlas_x" not in arrays and meta["bars"] == 8
+    k = 11
+    i = arrays["atlas_index"][k]
+    assert np.array_equal(arrays["bars_x"][k], enc.x[i].astype(np.float32))  # the values themselves
+    assert np.allclose(arrays["bars_recon"][k], recon[i])
+    lo, hi = meta["bar_range"]
+    assert lo <= arrays["bars_x"].min() and hi >= arrays["bars_x"].max()
+    assert meta["decoder"]["kind"] == "mlp"  # f(z) at the cursor: its values as bars too

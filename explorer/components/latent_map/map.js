@@ -511,7 +511,8 @@ class LatentMap {
 
   showHovered(k) {
     this.hoverBox.hidden = k < 0;
-    if (k < 0) return;
+    if (k < 0 || (k === this.shownHover && this.shownPoints === this.points)) return; // drawn already
+    this.shownHover = k; this.shownPoints = this.points;
     const i = this.points.arrays.index[k];
     const slot = this.slot.get(i);
     const { meta, arrays } = this.samples;
