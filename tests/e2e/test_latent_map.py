@@ -122,6 +122,15 @@ def test_colour_by_elbo_and_a_click_selects_without_resetting_the_zoom(page, app
     page.wait_for_function("() => document.querySelector('[aria-label=\"latent map\"]').latentMap.view.selected === 3")
     harness.assert_no_traceback(page)
 
+    # The ELBO page follows the map's selection.
+    page.mouse.click(*points[i])
+    page.get_by_text(f"input x (sample {i})", exact=True).wait_for()
+    harness.wait_idle(page)
+    page.get_by_role("link", name="ELBO breakdown of this sample").click()
+    page.get_by_role("heading", name="ELBO breakdown", exact=True).first.wait_for()
+    harness.wait_idle(page)
+    assert harness.keyed(page, "elbo_sample_index").locator("input").input_value() == str(i)
+
 
 def test_the_keyboard_moves_a_cursor_over_the_map(page, app, trained_run):
     open_view(page, app, "latent-map", "Latent map", run=trained_run.name)
@@ -139,4 +148,31 @@ def test_the_keyboard_moves_a_cursor_over_the_map(page, app, trained_run):
     assert camera(canvas)["scale"] > scale
     canvas.press("0")  # fit the view again
     assert abs(camera(canvas)["scale"] - scale) < 1e-6 * scale
+    harness.assert_no_traceback(page)
+
+
+def test_non_image_data_shows_its_values_as_a_bar_strip(page, app):
+    from trainer import RunConfig, fit
+
+    path = app.runs_dir / "gmm-bars"
+    if not (path / "model.safetensors").exists():
+        cfg = RunConfig(data="gmm2d:n=400")
+        cfg.model.hidden = [16]
+        cfg.train.epochs, cfg.train.threads = 2, 1
+        fit(cfg, path)
+    open_view(page, app, "latent-map", "Latent map", run=path.name)
+    chart = harness.keyed(page, "latent_map_chart")
+    harness.in_page_map(chart).scroll_into_view_if_needed()
+    points = harness.sample_points(chart)
+    i = harness.isolated_point(points)
+    page.mouse.move(*points[i])
+    thumb = page.locator('[aria-label="hovered sample"]')
+    thumb.wait_for(state="visible")
+    assert page.get_by_text(f"sample {i}: x (blue), f(mu(x)) (red)", exact=True).is_visible()
+    bars = canvas_pixels(thumb)
+    assert bars.shape[:2] == (64, 168)
+    blue, red = (bars[:, :, :3] == (99, 110, 250)).all(-1), (bars[:, :, :3] == (239, 85, 59)).all(-1)
+    assert blue.any() and red.any(), "no bars for the input and its reconstruction"
+    assert not page.locator('[aria-label="hovered reconstruction"]').is_visible()
+    assert page.locator('[aria-label="decoded at cursor"]').is_visible()  # f(z) as bars too
     harness.assert_no_traceback(page)
