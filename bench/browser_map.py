@@ -5,7 +5,8 @@ bench/browser.py's section_6 with its page and server, on the trained default ru
   the websocket on the way (the payloads: thumbnails, decoder weights, points);
 - mouse move to hovered thumbnail, and to decoded-at-cursor image: timed inside the page by
   map.js, from the pointer event's timeStamp to the image drawn into its canvas
-  (performance.now), p50/p95 over many moves;
+  (performance.now), p50/p95 over many moves; beside it the handler's own share (Chromium
+  delivers pointer moves aligned to animation frames, so most of the rest is that wait);
 - click to selected-sample panel: from the pointerup on a point (a capture listener) to the
   panel showing that sample's caption with its input image loaded, polled every animation
   frame in the page; p50/p95, and the bytes the server sent per click (an unchanged payload
@@ -69,12 +70,13 @@ def map_measures(ctx: Context, browser, app, moves: int) -> dict:
         # Mouse moves: over points (thumbnail and decoded image) and between them (decoded only).
         points = harness.sample_points(chart)
         places = list(points.values())[:: max(1, len(points) // max(1, 4 * moves))][: 4 * moves]
-        canvas.evaluate("c => { c.latentMap.timings.thumbnail = []; c.latentMap.timings.decoded = []; }")
+        canvas.evaluate("c => { for (const k of Object.keys(c.latentMap.timings)) c.latentMap.timings[k] = []; }")
         for x, y in places:
             page.mouse.move(x, y)
             page.mouse.move(x + 7, y + 5)
-        timings = canvas.evaluate("c => ({thumbnail: c.latentMap.timings.thumbnail, decoded: c.latentMap.timings.decoded})")
-        out["thumbnail_ms"], out["decoded_ms"] = timings["thumbnail"], timings["decoded"]
+        timings = canvas.evaluate("c => c.latentMap.timings")
+        for k in ("thumbnail", "decoded", "thumbnail_work", "decoded_work"):
+            out[f"{k}_ms"] = timings[k]
 
         # Clicks on points far apart: the selected-sample panel follows.
         page.evaluate(_CLICK_RECORDER)
@@ -106,9 +108,12 @@ def map_measures(ctx: Context, browser, app, moves: int) -> dict:
     ctx.row("6", f"latent map: mouse move to hovered thumbnail, p50 ({n_thumb} moves)",
             percentile(out["thumbnail_ms"], 50), "ms")
     ctx.row("6", f"latent map: mouse move to hovered thumbnail, p95 ({n_thumb} moves)", t95, "ms",
-            target="<= 16 ms", met=t95 <= 16)
+            target="<= 16 ms", met=t95 <= 16,
+            note=f"of which the page's handler {percentile(out['thumbnail_work_ms'], 95):.2f} ms (p95); "
+                 "the rest: the browser delivering the event (aligned to frames)")
     ctx.row("6", f"latent map: mouse move to decoded at cursor, p95 ({n_dec} moves)", d95, "ms",
-            target="<= 16 ms", met=d95 <= 16)
+            target="<= 16 ms", met=d95 <= 16,
+            note=f"decoding and drawing f(z): {percentile(out['decoded_work_ms'], 95):.2f} ms (p95)")
     ctx.row("6", f"latent map: click to selected-sample panel, p50 ({len(clicks)} clicks)",
             percentile(out["click_ms"], 50), "ms")
     ctx.row("6", f"latent map: click to selected-sample panel, p95 ({len(clicks)} clicks)", c95, "ms",

@@ -165,7 +165,8 @@ class LatentMap {
     this.cursor = null; // {x, y} CSS px in the canvas, where the pointer (or the keyboard cursor) is
     this.clicks = 0;
     this.epochFrame = -1; // the snapshot drawn (-1: the checkpoint's own codes)
-    this.timings = { thumbnail: [], decoded: [], click: [] };
+    // ms from a pointer event's timeStamp to the image drawn (and of that, the handler's own work)
+    this.timings = { thumbnail: [], decoded: [], thumbnail_work: [], decoded_work: [], click: [] };
     this.build();
     maps.add(this);
   }
@@ -495,6 +496,7 @@ class LatentMap {
   // -- hover and decode at the cursor --------------------------------------------------------
   moved(sx, sy, t0) {
     // The pointer (or keyboard cursor) is at (sx, sy): show the point under it and f(z) there.
+    const tStart = performance.now(); // the handler itself starts (t0: the event was made)
     this.cursor = { x: sx, y: sy };
     const k = this.pointAt(sx, sy);
     this.hover = k;
@@ -504,8 +506,8 @@ class LatentMap {
     const tDecoded = performance.now();
     this.placeTip(sx, sy);
     this.drawOverlay();
-    if (k >= 0) this.timings.thumbnail.push(tThumb - t0);
-    if (decoded) this.timings.decoded.push(tDecoded - t0);
+    if (k >= 0) { this.timings.thumbnail.push(tThumb - t0); this.timings.thumbnail_work.push(tThumb - tStart); }
+    if (decoded) { this.timings.decoded.push(tDecoded - t0); this.timings.decoded_work.push(tDecoded - tThumb); }
     for (const xs of Object.values(this.timings)) if (xs.length > 5000) xs.splice(0, 1000);
   }
 
