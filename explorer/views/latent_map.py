@@ -46,6 +46,9 @@ def map_and_sample(page: common.ExplorePage, color_by: str, method: str, show_gr
     with left:
         view = map_view(page, color_by, method, show_grid, show_contours)
         map_chart(view, color_by, method, page.enc.latent_dim)
+        if page.enc.n > inpage.MAX_POINTS:
+            st.caption(f"Drawn: a seeded subsample of {inpage.MAX_POINTS:,} of the {page.enc.n:,} test samples "
+                       "(the same ones every time).")
     with right:
         selected_sample(page)
     state.write_to_url()

@@ -180,3 +180,15 @@ def test_the_train_form_offers_what_the_registries_hold(make_app, tmp_path):
     assert "continuous-bernoulli" in at.selectbox(key="train_likelihood").options
     assert at.selectbox(key="train_arch").options == list(ARCHITECTURES)
     assert at.selectbox(key="train_data").options[:len(DATASETS)] == [f"{n}: {b.help}" for n, b in DATASETS.items()]
+
+
+def test_above_max_points_the_map_draws_a_stated_subsample(make_app, scratch_runs, monkeypatch):
+    from explorer.services import inpage
+
+    monkeypatch.setattr(inpage, "MAX_POINTS", 100)
+    at = make_app(scratch_runs, view="latent-map").run()
+    assert_clean(at)
+    _, (_, smeta, samples), (_, meta, points) = latent_map(at)
+    assert meta["shown"] == 100 and len(points["index"]) == 100 and meta["n"] == 359
+    assert np.array_equal(samples["atlas_index"], points["index"])  # each drawn point has its thumbnail
+    assert any("seeded subsample of 100 of the 359 test samples" in c.value for c in at.caption)
