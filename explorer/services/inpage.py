@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from trainer import Run
+from trainer.likelihoods import ContinuousBernoulli
 
 from . import explore
 
@@ -128,7 +129,9 @@ def plane_codes(mean: np.ndarray, axes: np.ndarray, uv: np.ndarray) -> np.ndarra
 
 # -- the decoder, for the page ---------------------------------------------------------------
 
+# what map.js applies to the last layer's output to get E[x|z], per likelihood (likelihood.mean)
 OUTPUTS = {"gaussian": "identity", "bernoulli": "sigmoid", "continuous-bernoulli": "cb_mean"}
+CB_TAYLOR_BELOW = ContinuousBernoulli.TAYLOR_BELOW  # |eta| under which its mean is a series
 
 
 def decoder_layers(run: Run) -> list[tuple[np.ndarray, np.ndarray]] | None:
@@ -156,7 +159,7 @@ def decode_like_the_page(layers: list[tuple[np.ndarray, np.ndarray]], output: st
     if output == "sigmoid":
         return 1 / (1 + np.exp(-h))
     if output == "cb_mean":
-        small = np.abs(h) < 0.1
+        small = np.abs(h) < CB_TAYLOR_BELOW
         safe = np.where(small, 1.0, h)
         with np.errstate(over="ignore"):  # -expm1(-h) = -inf for h << 0: the mean is then -1/h, as in JS
             return np.where(small, 0.5 + h / 12 - h**3 / 720 + h**5 / 30240, 1 / (-np.expm1(-safe)) - 1 / safe)
@@ -188,11 +191,11 @@ def samples_payload(run: Run, enc: explore.Encoded, recon: np.ndarray,
     (pictures.manifold_background), or None."""
     shown = shown_points(enc.n)
     mean, axes = plane(enc.mu)
-    uv = (enc.mu - mean) @ axes.T if enc.latent_dim > 2 else explore._pad2(enc.mu)
+    uv = (enc.mu - mean) @ axes.T  # (N, 2) the codes' places on the plane: the map's own coordinates
     meta: dict = {"n": int(enc.n), "latent_dim": int(enc.latent_dim), "is_image": bool(enc.is_image),
                   "shape": list(run.model.data_shape), "arch": run.config.model.arch,
                   "likelihood": run.config.model.likelihood,
-                  "output": OUTPUTS.get(run.config.model.likelihood, "identity")}
+                  "output": OUTPUTS.get(run.config.model.likelihood)}
     arrays: dict[str, np.ndarray] = {"plane_mean": mean.astype(np.float32), "plane_axes": axes.astype(np.float32)}
 
     if enc.is_image:
@@ -215,12 +218,13 @@ def samples_payload(run: Run, enc: explore.Encoded, recon: np.ndarray,
         hi = float(max(flat_x.max(), arrays["bars_recon"].max()))
         meta["bar_range"] = [lo, hi if hi > lo else lo + 1.0]
 
-    layers = decoder_layers(run)
+    # the page runs the decoder where it knows the architecture and the likelihood's mean
+    layers = decoder_layers(run) if run.config.model.likelihood in OUTPUTS else None
     if layers is not None:
-        meta["decoder"] = {"kind": "mlp", "layers": len(layers), "cb_taylor_below": 0.1}
+        meta["decoder"] = {"kind": "mlp", "layers": len(layers), "cb_taylor_below": CB_TAYLOR_BELOW}
         for k, (wk, bk) in enumerate(layers):
             arrays[f"w{k}"], arrays[f"b{k}"] = wk, bk
-    elif enc.is_image:  # conv: a dense grid of decodes over the codes' box, looked up
+    elif enc.is_image:  # conv (or a likelihood map.js does not know): a dense grid of decodes, looked up
         lo, hi = extent(uv)
         n = CONV_GRID
         decoded = run.decode(plane_codes(mean, axes, grid_points(lo, hi, n))).numpy()
