@@ -176,3 +176,25 @@ def test_non_image_data_shows_its_values_as_a_bar_strip(page, app):
     assert not page.locator('[aria-label="hovered reconstruction"]').is_visible()
     assert page.locator('[aria-label="decoded at cursor"]').is_visible()  # f(z) as bars too
     harness.assert_no_traceback(page)
+
+
+def test_the_map_keeps_its_thumbnails_through_many_recolourings(page, app, trained_run):
+    """Each colouring is a new points payload; after many, the map still draws every point and
+    its thumbnails (the page forgets old payloads, never those the map uses)."""
+    open_view(page, app, "latent-map", "Latent map", run=trained_run.name)
+    chart = harness.keyed(page, "latent_map_chart")
+    canvas = harness.in_page_map(chart)
+    for option in ["ELBO", "recon", "KL", "z1", "z2", "none", "ELBO", "KL", "z1", "recon", "digit"]:
+        harness.keyed(page, "color_by").click()
+        page.get_by_role("option", name=option, exact=True).click()
+        harness.wait_idle(page, quiet_s=0.2)
+    page.wait_for_function("() => document.querySelector('.vlm-legend').innerText.includes('digit 9')")
+    canvas.scroll_into_view_if_needed()
+    points = harness.sample_points(chart)
+    assert len(points) > 100
+    i = harness.isolated_point(points)
+    page.mouse.move(*points[i])
+    thumb = page.locator('[aria-label="hovered sample"]')
+    thumb.wait_for(state="visible")
+    assert thumb.evaluate("c => c.dataset.sample") == str(i)
+    harness.assert_no_traceback(page)

@@ -40,9 +40,16 @@ export function unpack(bytes) {
 }
 
 function keepPayload(p) {
+  // Keep p by its id; beyond MAX_PAYLOADS forget the oldest that no live map names (a payload
+  // in use is never dropped: Streamlit does not send an unchanged one again).
   if (payloads.has(p.id)) return false;
   payloads.set(p.id, p);
-  while (payloads.size > MAX_PAYLOADS) payloads.delete(payloads.keys().next().value);
+  const inUse = new Set();
+  for (const m of maps) if (m.view) { inUse.add(m.view.samples); inUse.add(m.view.points); }
+  for (const id of [...payloads.keys()]) {
+    if (payloads.size <= MAX_PAYLOADS) break;
+    if (!inUse.has(id) && id !== p.id) payloads.delete(id);
+  }
   return true;
 }
 
@@ -235,7 +242,9 @@ class LatentMap {
     // Draw once both payloads the view names have arrived.
     const v = this.view;
     if (!v) return;
-    const samples = payloads.get(v.samples), points = payloads.get(v.points);
+    const held = (id, p) => (p && p.id === id ? p : null); // what this map drew from already
+    const samples = payloads.get(v.samples) || held(v.samples, this.samples);
+    const points = payloads.get(v.points) || held(v.points, this.points);
     if (!samples || !points) { this.status.textContent = "Loading the map..."; return; }
     const changed = samples !== this.samples || points !== this.points;
     this.samples = samples; this.points = points;
