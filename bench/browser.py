@@ -178,6 +178,8 @@ def section_6(ctx: Context) -> None:
                 result["page_to_map_s"] = time.perf_counter() - t1
                 harness.wait_idle(page)
 
+                from .browser_map import map_measures  # the in-page latent map (issue 14)
+                map_measures(ctx, browser, app, s.browser_moves)
                 context.close()
 
                 _say("timing the Interpolate page: drag, release, bytes")

@@ -74,6 +74,10 @@ def test_quick_browser_section(tmp_path):
     assert detail["drag_step_ms"] and all(finite(v) and v >= 0 for v in detail["drag_step_ms"])
     assert detail["drag_messages"] == 0  # the Interpolate drag is drawn in the page
     assert detail["interpolate_message_bytes"] > 0 and detail["interpolate_open_bytes"] > 0
+    latent_map = results["details"]["6_browser_map"]  # bench/browser_map.py
+    assert len(latent_map["click_ms"]) == results["sizes"]["browser_moves"]
+    assert latent_map["thumbnail_ms"] and latent_map["decoded_ms"] and latent_map["open_bytes"] > 0
+    assert all(finite(v) and v > 0 for k in ("click_ms", "thumbnail_ms", "decoded_ms") for v in latent_map[k])
 
 
 def test_refuses_to_start_while_the_cpu_is_busy(tmp_path):

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import checkpoints, distributed, fileio, likelihoods, posterior, preprocess, run_names, runs
+from . import checkpoints, distributed, fileio, likelihoods, posterior, preprocess, run_names, runs, snapshots
 from .config import RunConfig
 from .data import Dataset, load_dataset
 from .elbo import elbo_terms, evaluate, log_px, log_px_and_se, reliability
@@ -242,7 +242,7 @@ def _truncate_metrics(out: Path, epoch: int) -> None:
 class _Reporter:
     """What the run folder hears while the trainer trains: status.json (running, its
     heartbeat at most once a second, the final state) and, after every epoch, the metrics
-    row and then the checkpoint. Every epoch's checkpoint is saved atomically (a killed
+    row, the checkpoint and, every few epochs, the test codes (trainer/snapshots.py). Every epoch's checkpoint is saved atomically (a killed
     process leaves the last epoch's), but fsynced at most every SYNC_EVERY_S and at the last
     epoch: fsyncing a few MB costs as much as a whole digits epoch, and a power cut can lose
     only those seconds of training. The caller's on_step and on_epoch are called after."""
@@ -252,11 +252,14 @@ class _Reporter:
         self.out, self.trainer, self.epochs = out, trainer, epochs
         self.user_on_epoch, self.user_on_step = on_epoch, on_step
         self.last_beat = self.last_sync = time.monotonic()
+        # the test set's codes every few epochs, for the latent map's epoch player
+        self.snapshots = snapshots.Recorder(out, trainer.model, trainer.x_test, epochs)
 
     def start(self) -> None:
         """Status `running`, naming this process, from the epoch the trainer starts at."""
         runs.write_status(self.out, "running", epoch=self.trainer.epoch, epochs=self.epochs, pid=os.getpid(),
                           message="", started=time.time())
+        self.snapshots.after_epoch(self.trainer.epoch)
         self.last_beat = self.last_sync = time.monotonic()
 
     def on_step(self, step: int, epoch: int, i: int, n: int) -> None:
@@ -276,6 +279,7 @@ class _Reporter:
                                     {"epoch": trainer.epoch, "step": trainer.step}, durable=durable)
         if durable:
             self.last_sync = time.monotonic()
+        self.snapshots.after_epoch(trainer.epoch)
         runs.write_status(self.out, "running", epoch=trainer.epoch, epochs=self.epochs)
         if self.user_on_epoch:
             self.user_on_epoch(row)

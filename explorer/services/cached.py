@@ -23,6 +23,7 @@ from typing import NamedTuple, TypeVar
 
 import numpy as np
 import streamlit as st
+import torch
 
 from trainer import Run, evaluate_run
 
@@ -114,3 +115,53 @@ def evaluation(ckpt: Checkpoint, k: int = explore.EVAL_K) -> dict:
     """trainer.evaluate_run on the test split: elbo, recon, kl, log_px (K = k), gap, active
     units; per-sample means, nats."""
     return evaluate_run(ckpt.run(), "test", k=k)
+
+
+# -- the in-page latent map's payloads (explorer/services/inpage.py) ----------------------------
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def map_samples(ckpt: Checkpoint, manifold_n: int = 15, manifold_span: float = 3.0) -> bytes:
+    """Thumbnails (or bar strips), the decoder and its plane, and for an image run with d = 2
+    the decoded-manifold picture: one blob, sent to the page once per checkpoint."""
+    from . import inpage, pictures
+
+    enc = encoded(ckpt)
+    background = None
+    if enc.is_image and enc.latent_dim == 2:
+        background = pictures.manifold_background(manifold(ckpt, manifold_n, manifold_span), manifold_n,
+                                                  manifold_span, scale=1)  # the page scales it up
+    return inpage.samples_payload(ckpt.run(), enc, reconstructions(ckpt), background)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def map_points(ckpt: Checkpoint, method: str, color_by: str, palette: tuple[str, ...]) -> bytes:
+    """The points of the map in one projection, coloured by one option: one blob."""
+    from . import inpage
+
+    from trainer import snapshots
+
+    enc = encoded(ckpt)
+    values, discrete = explore.color_values(enc, color_by)
+    proj = projection(ckpt, method)
+    saved = snapshots.read(ckpt.path)  # the codes during training, for the epoch player
+    frames = None
+    if saved is not None and (places := inpage.project_snapshots(saved[1], proj)) is not None:
+        frames = (saved[0], places)
+    status = ckpt.run().status or {}
+    return inpage.points_payload(proj.xy, values, discrete, color_by, list(palette),
+                                 explore.category_names(color_by), frames, status.get("epoch"))
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def live_inputs(data: str, seed: int, n: int) -> tuple[bytes, np.ndarray | None, list[str]]:
+    """For the live map of a run still training: its first n test inputs (those the snapshots
+    hold) as a samples payload, and their labels (n, F) with the labels' names."""
+    from trainer import load_dataset
+
+    from . import inpage
+
+    ds = load_dataset(data, seed)
+    x = ds.x_test[0:n]
+    x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    labels = None if ds.y_test is None else np.asarray(ds.y_test)[:n]
+    return inpage.inputs_payload(x, ds.is_image), labels, list(ds.label_names)

@@ -1,22 +1,30 @@
-"""Latent map: where the encoder puts each test sample (its posterior mean mu(x))."""
+"""Latent map: where the encoder puts each test sample (its posterior mean mu(x)), drawn in the
+page by explorer/components/latent_map/ (hover, zoom, pan and decode at the cursor run there;
+a click selects a sample)."""
 
 from __future__ import annotations
 
-import plotly.graph_objects as go
 import streamlit as st
 
 from explorer import charts, state
-from explorer.services import cached, explore, pictures
+from explorer.components import latent_map
+from explorer.services import cached, explore, inpage, jobs
 from explorer.views import common
+from trainer import snapshots
+from trainer.runs import load_config
 
 MANIFOLD_N = 15  # decoded images per side of the manifold grid
 MANIFOLD_SPAN = 3.0  # the grid covers [-3, 3]^2, where the prior N(0, I) has its mass
 CHART_KEY = "latent_map_chart"
+LIVE_KEY = "latent_map_live"  # the map of a run still training (its newest snapshot)
 
 
 def main() -> None:
     page = common.explore_page("Latent map")
     if page is None:
+        summary = common.active_summary()
+        if summary is not None and summary.state in jobs.ACTIVE:
+            live_map(str(summary.path))
         return
     intro(page)
     c1, c2, c3 = st.columns([2, 3, 2])
@@ -26,12 +34,24 @@ def main() -> None:
         method = projection_picker(page.enc.latent_dim)
     with c3:
         show_grid, show_contours = overlay_switches(page.enc)
-    fig = map_figure(page, color_by, method, show_grid, show_contours)
+    map_and_sample(page, color_by, method, show_grid, show_contours)
+
+
+@st.fragment
+def map_and_sample(page: common.ExplorePage, color_by: str, method: str, show_grid: bool,
+                   show_contours: bool) -> None:
+    """The map and the selected sample: a click on the map (or a new index) reruns only this
+    part of the page, so the panel follows at once; the URL's sample follows too."""
     left, right = st.columns([3, 2])
     with left:
-        map_chart(fig, color_by, method, page.enc.latent_dim)
+        view = map_view(page, color_by, method, show_grid, show_contours)
+        map_chart(view, color_by, method, page.enc.latent_dim)
+        if page.enc.n > inpage.MAX_POINTS:
+            st.caption(f"Drawn: a seeded subsample of {inpage.MAX_POINTS:,} of the {page.enc.n:,} test samples "
+                       "(the same ones every time).")
     with right:
         selected_sample(page)
+    state.write_to_url()
 
 
 def intro(page: common.ExplorePage) -> None:
@@ -94,39 +114,76 @@ def projected(ckpt: cached.Checkpoint, method: str, n: int) -> explore.Projectio
         return cached.projection(ckpt, method)
 
 
-def map_figure(page: common.ExplorePage, color_by: str, method: str, show_grid: bool,
-               show_contours: bool) -> go.Figure:
-    """The test set's codes coloured, the selected sample ringed, and the chosen overlays."""
+def map_view(page: common.ExplorePage, color_by: str, method: str, show_grid: bool, show_contours: bool) -> dict:
+    """Send the map's payloads (once per checkpoint, projection and colouring: an unchanged
+    one is not re-sent) and return the small view that names them."""
     proj = projected(page.checkpoint, method, page.enc.n)
-    values, discrete = explore.color_values(page.enc, color_by)
-    i = common.selected_index(page.enc.n)
-    background = contours = None
-    if show_grid:
-        images = cached.manifold(page.checkpoint, MANIFOLD_N, MANIFOLD_SPAN)
-        background = pictures.manifold_background(images, MANIFOLD_N, MANIFOLD_SPAN)
-    if show_contours:
-        contours = explore.prior_density_grid()
-    return charts.latent_map(proj.xy, values, color_by, discrete, proj.axis_titles, selected=i,
-                             background=background, contours=contours,
-                             category_names=explore.category_names(color_by))
+    samples = cached.map_samples(page.checkpoint, MANIFOLD_N, MANIFOLD_SPAN)
+    points = cached.map_points(page.checkpoint, method, color_by, tuple(charts.CATEGORY_COLORS))
+    latent_map.payload(samples, key="latent_map_samples")
+    latent_map.payload(points, key="latent_map_points")
+    linear_view = page.enc.latent_dim <= 2 or method == "PCA"  # the cursor is a point of the plane
+    return {"samples": inpage.payload_id(samples), "points": inpage.payload_id(points),
+            "selected": common.selected_index(page.enc.n), "view_key": f"{page.summary.name}|{proj.method}",
+            "axes": list(proj.axis_titles), "decode": bool(linear_view), "contours": bool(show_contours),
+            "manifold": bool(show_grid)}
 
 
-def map_chart(fig: go.Figure, color_by: str, method: str, d: int) -> None:
+def map_chart(view: dict, color_by: str, method: str, d: int) -> None:
     """The map, clickable, and what its axes and colours mean."""
-    st.plotly_chart(fig, key=CHART_KEY, on_select=_on_select, selection_mode="points",
-                    config={"scrollZoom": True, "displaylogo": False})
+    latent_map.latent_map(view, key=CHART_KEY, on_select=_on_select)
     st.caption(("Axes: latent coordinates z1, z2. " if d <= 2 else f"Axes: {method} of the {d}-D codes. ")
                + ("Colour: " + (f"{color_by} (nats per sample, higher is better)."
                                 if color_by in ("ELBO", "recon") else
                                 "KL of q(z|x) to the prior, nats per sample (lower costs less)."
                                 if color_by == "KL" else f"{color_by}."))
-               + " Scroll to zoom, drag to pan.")
+               + (" Under the cursor: the decoder's mean f(z)" + (" on the plane of the first two principal "
+                                                                  "components through the mean of the codes."
+                                                                  if d > 2 else ".")
+                  if view["decode"] else " Decoding at the cursor needs d = 2 or the PCA view (a plane of codes)."))
 
 
 def _on_select() -> None:
-    i = common.point_from_event(CHART_KEY)
+    i = latent_map.selected_index(CHART_KEY)
     if i is not None:
         state.set("sample", i)
+
+
+# -- the live map of a run that trains ------------------------------------------------------------
+
+@st.fragment(run_every=2.0)
+def live_map(run_dir: str) -> None:
+    """While a run trains: its newest snapshot of the test codes (trainer/snapshots.py), redrawn
+    as new ones are saved, with the epoch player over those so far. No hover reconstruction and
+    no decoding at the cursor: the weights change every epoch."""
+    saved = snapshots.read(run_dir)
+    st.subheader("The latent space as it forms")
+    if saved is None:
+        st.caption("The map of the test codes appears here after the trainer's first snapshot.")
+        return
+    epochs, mu = saved
+    try:
+        cfg = load_config(run_dir)
+    except Exception:  # the folder is being written: the next refresh draws it
+        return
+    inputs, labels, label_names = cached.live_inputs(cfg.data, cfg.train.seed, mu.shape[1])
+    proj = explore.project(mu[-1], "PCA")  # the newest codes' own plane; every frame on it
+    frames = inpage.project_snapshots(mu, proj)
+    values = labels[:, 0] if labels is not None and labels.shape[1] else None
+    name = label_names[0] if values is not None else "none"
+    points = inpage.points_payload(proj.xy, values, values is not None and explore.is_discrete(values), name,
+                                   list(charts.CATEGORY_COLORS), explore.category_names(name), (epochs, frames),
+                                   int(epochs[-1]))
+    latent_map.payload(inputs, key="latent_map_live_samples")
+    latent_map.payload(points, key="latent_map_live_points")
+    view = {"samples": inpage.payload_id(inputs), "points": inpage.payload_id(points), "selected": None,
+            "view_key": f"{run_dir}|live", "axes": list(proj.axis_titles), "decode": False, "contours": False,
+            "manifold": False, "live": True}
+    latent_map.latent_map(view, key=LIVE_KEY, on_select=lambda: None)
+    d = mu.shape[2]
+    st.caption(f"Posterior means of the first {mu.shape[1]} test samples after epoch {int(epochs[-1])}"
+               + (f", on the first two principal components of the {d}-D codes" if d > 2 else "")
+               + f"; {len(epochs)} snapshots so far. Press play to replay them.")
 
 
 # -- the selected sample -------------------------------------------------------------------------

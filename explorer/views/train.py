@@ -12,6 +12,7 @@ from explorer.services import jobs
 from explorer.services import runs as run_service
 from explorer.services import uploads
 from explorer.views import common
+from explorer.views.latent_map import live_map
 from trainer import ModelConfig, RunConfig, TrainConfig, TrainerError
 from trainer.data import DATASETS, options_help
 from trainer.likelihoods import LIKELIHOODS
@@ -102,6 +103,7 @@ def job_panel(root) -> None:
     st.subheader(f"Job: {target.name}")
     if target.state in jobs.ACTIVE:
         common.live_progress(str(target.path))
+        live_map(str(target.path))  # the test codes' newest snapshot, as the latent space forms
     elif target.state == "done":
         st.success(f"{target.name} finished {target.epoch} epochs: test ELBO "
                    f"{run_service.fmt(target.final.get('test_elbo'))} nats per sample. "

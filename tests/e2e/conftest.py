@@ -122,7 +122,7 @@ class FirstStart:
     curve_points: list[int] = field(default_factory=list)  # points per live curve, as seen
     rows: list[dict] = field(default_factory=list)  # everything harness.recorded() saw, in order
     map_points: int = 0  # points in the latent map when it appeared
-    map_canvas: bool = False  # the map was drawn in a WebGL canvas
+    map_canvas: bool = False  # the map was drawn in a canvas
     clicks: int = 0  # clicks the test made (none)
     seconds: float = 0.0  # from opening the page to the latent map
     url: str = ""

@@ -188,7 +188,8 @@ RECORDER_JS = """([every_ms]) => {
         const m = bar && bar.innerText.match(/Training (\\S+): epoch (\\d+) of (\\d+)/);
         const plot = document.querySelector('.st-key-live_curves .js-plotly-plot');
         const n = plot && plot._fullData ? Math.max(0, ...plot._fullData.map(t => (t.x || []).length)) : null;
-        const app = document.querySelector('.st-key-latent_map_chart .js-plotly-plot');
+        const app = document.querySelector('.st-key-latent_map_chart .js-plotly-plot')
+            || document.querySelector('.st-key-latent_map_chart [aria-label="latent map"]');
         // The sidebar: the active run's selectbox as shown, and its job line's epoch.
         const side = document.querySelector('[data-testid="stSidebar"]');
         const sel = side && side.querySelector('.st-key-active_run input');
@@ -250,10 +251,28 @@ def plotly_traces(chart) -> list[dict]:
     })""")
 
 
+IN_PAGE_MAP = '[aria-label="latent map"]'  # the latent map page's canvas (explorer/components/latent_map)
+
+
+def in_page_map(chart, timeout_s: float = PAGE_S):
+    """The in-page latent map's canvas inside `chart`, once it has drawn its points (map.js
+    keeps its state on the canvas as .latentMap)."""
+    canvas = chart.locator(IN_PAGE_MAP).first
+    canvas.wait_for(timeout=timeout_s * 1000)
+    deadline = time.monotonic() + timeout_s
+    while not canvas.evaluate("c => !!(c.latentMap && c.latentMap.hitGrid)"):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the latent map drew no points within {timeout_s} s")
+        time.sleep(0.05)
+    return canvas
+
+
 def sample_points(chart) -> dict[int, tuple[float, float]]:
-    """The test samples drawn in a latent map (WebGL traces whose customdata is the test
-    index): index -> where the point is in the viewport, CSS pixels (for page.mouse.click; scroll
-    the chart into view first)."""
+    """The test samples drawn in a latent map: index -> where the point is in the viewport, CSS
+    pixels (for page.mouse.click; scroll the chart into view first). The in-page map says where
+    it drew each; a plotly map has WebGL traces whose customdata is the test index."""
+    if chart.locator(IN_PAGE_MAP).count():
+        return {int(k): tuple(v) for k, v in in_page_map(chart).evaluate("c => c.latentMap.screenPoints()").items()}
     return {int(k): tuple(v) for k, v in chart.locator(".js-plotly-plot").first.evaluate("""el => {
         const L = el._fullLayout, box = el.getBoundingClientRect(), out = {};
         for (const t of el._fullData) {
@@ -352,7 +371,9 @@ DRAWN_JS = """() => {
                                                  return el && el._fullLayout; });
     const images = Array.from(document.querySelectorAll('[data-testid="stImage"] img'))
         .every(img => img.complete && img.naturalWidth > 0);
-    return drawn && images;
+    const maps = Array.from(document.querySelectorAll('[aria-label="latent map"]'))
+        .every(c => c.latentMap && c.latentMap.hitGrid);  // the in-page map drew its points
+    return drawn && images && maps;
 }"""
 
 

@@ -23,7 +23,7 @@ def test_first_start_trains_the_default_and_shows_the_latent_map(app, first_star
     assert seen.curve_points, "no live training curves were shown"
     assert all(0 < n <= FIRST_START_EPOCHS for n in seen.curve_points), seen.curve_points
 
-    # Then the latent map, without a click: one WebGL point per test sample.
+    # Then the latent map, without a click: one point per test sample, drawn in a canvas.
     assert seen.map_canvas, "the latent map was not drawn in a canvas"
     cfg = json.loads((app.runs_dir / DEFAULT_RUN / "config.json").read_text())
     assert cfg["data"] == "digits" and cfg["model"]["latent_dim"] == 2

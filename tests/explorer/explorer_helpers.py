@@ -33,3 +33,16 @@ def interpolation_message(at) -> tuple[dict, dict[str, np.ndarray]]:
     components = [e for e in at.get("bidi_component") if e.proto.component_name == "vae_explorer.interpolation"]
     assert len(components) == 1, f"{len(components)} interpolation components on the page"
     return path_payload.unpack(components[0].proto.bytes)
+
+
+def latent_map(at) -> tuple[dict, tuple, tuple]:
+    """The in-page latent map as the page receives it: (view JSON, samples payload, points
+    payload), each payload (id, meta, arrays) as explorer.services.inpage.unpack reads it."""
+    from explorer.services import inpage
+
+    parts = [e.proto for e in at.get("bidi_component") if e.proto.component_name == "vae_latent_map"]
+    views = [json.loads(p.json) for p in parts if p.WhichOneof("data") == "json"]
+    blobs = {inpage.payload_id(p.bytes): inpage.unpack(p.bytes) for p in parts if p.WhichOneof("data") == "bytes"}
+    assert len(views) == 1, f"{len(views)} latent maps drawn"
+    view = views[0]
+    return view, blobs[view["samples"]], blobs[view["points"]]

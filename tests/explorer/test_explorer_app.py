@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from explorer_helpers import array, assert_clean, interpolation_message, plotly_specs
+from explorer_helpers import assert_clean, interpolation_message, latent_map, plotly_specs
 
 VIEWS = {"runs": "Runs", "train": "Train", "latent-map": "Latent map", "interpolate": "Interpolate",
          "elbo": "ELBO breakdown", "generate": "Generate"}
@@ -23,10 +23,9 @@ def test_every_view_renders_a_trained_run(make_app, runs_dir, view):
     if view in ("latent-map", "interpolate", "elbo", "generate"):
         assert at.get("plotly_chart") or at.image, "an exploring view shows a figure"
     if view == "latent-map":
-        spec = plotly_specs(at)[0]
-        n_points = sum(len(array(tr["x"])) for tr in spec["data"] if tr["type"] == "scattergl")
-        assert n_points == 359  # digits: 1797 samples, 20 % test split
-        assert {tr["name"] for tr in spec["data"] if tr["type"] == "scattergl"} == {f"digit {d}" for d in range(10)}
+        _, _, (_, meta, arrays) = latent_map(at)
+        assert arrays["xy"].shape == (359, 2)  # digits: 1797 samples, 20 % test split
+        assert [item["label"] for item in meta["legend"]["items"]] == [f"digit {d}" for d in range(10)]
 
 
 @pytest.mark.parametrize("view", list(VIEWS))
@@ -102,10 +101,10 @@ def test_latent_map_colour_and_overlays(make_app, runs_dir):
     at.checkbox(key="show_manifold").check().run()
     at.checkbox(key="show_contours").check().run()
     assert_clean(at)
-    spec = plotly_specs(at)[0]
-    types = [tr["type"] for tr in spec["data"]]
-    assert types.count("scattergl") == 1 and "contour" in types
-    assert spec["layout"]["images"][0]["source"].startswith("data:image/png;base64,")
+    view, (_, _, samples), (_, meta, _) = latent_map(at)
+    assert view["contours"] and view["manifold"] and view["decode"]
+    assert meta["legend"]["kind"] == "scale" and meta["legend"]["name"] == "KL"
+    assert samples["manifold"].dtype == np.uint8 and samples["manifold"].ndim == 2  # the decoded grid, grey
 
 
 def test_a_damaged_run_is_a_one_line_error(make_app, scratch_runs):
@@ -187,3 +186,15 @@ def test_the_train_form_offers_what_the_registries_hold(make_app, tmp_path):
     assert "continuous-bernoulli" in at.selectbox(key="train_likelihood").options
     assert at.selectbox(key="train_arch").options == list(ARCHITECTURES)
     assert at.selectbox(key="train_data").options[:len(DATASETS)] == [f"{n}: {b.help}" for n, b in DATASETS.items()]
+
+
+def test_above_max_points_the_map_draws_a_stated_subsample(make_app, scratch_runs, monkeypatch):
+    from explorer.services import inpage
+
+    monkeypatch.setattr(inpage, "MAX_POINTS", 100)
+    at = make_app(scratch_runs, view="latent-map").run()
+    assert_clean(at)
+    _, (_, smeta, samples), (_, meta, points) = latent_map(at)
+    assert meta["shown"] == 100 and len(points["index"]) == 100 and meta["n"] == 359
+    assert np.array_equal(samples["atlas_index"], points["index"])  # each drawn point has its thumbnail
+    assert any("seeded subsample of 100 of the 359 test samples" in c.value for c in at.caption)

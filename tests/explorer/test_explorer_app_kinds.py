@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from explorer_helpers import assert_clean, interpolation_message, plotly_specs
+from explorer_helpers import assert_clean, interpolation_message, latent_map
 
 
 @pytest.mark.parametrize("run", ["digits-4d", "gmm-2d", "lingauss-3d"])
@@ -19,11 +19,12 @@ def test_views_render_other_kinds_of_runs(make_app, variety_runs, run, view):
 def test_a_4d_latent_is_projected_and_the_path_follows_the_projection(make_app, variety_runs):
     at = make_app(variety_runs, view="latent-map", run="digits-4d").run()
     assert at.radio(key="projection").value == "PCA"
-    spec = plotly_specs(at)[0]
-    assert spec["layout"]["xaxis"]["title"]["text"].startswith("PC 1")
+    view, _, _ = latent_map(at)
+    assert view["axes"][0].startswith("PC 1") and view["decode"]  # the cursor decodes on the PCA plane
     at.radio(key="projection").set_value("t-SNE").run(timeout=120)
     assert_clean(at)
-    assert plotly_specs(at)[0]["layout"]["xaxis"]["title"]["text"] == "t-SNE 1"
+    view, _, _ = latent_map(at)
+    assert view["axes"][0] == "t-SNE 1" and not view["decode"]  # no plane of codes under t-SNE
     at.switch_page("views/interpolate.py").run(timeout=120)
     assert_clean(at)
     header, blobs = interpolation_message(at)  # the component's map: the codes and the path through t-SNE
