@@ -165,6 +165,7 @@ class Session:
         self.url, self.log = url, SessionLog(name)
         self.ws = None
         self.page = ""  # the URL path of the page shown
+        self.map_clicks = 0  # clicks on the latent map so far (its state counts them)
         self.query_string = ""
         self.pages: dict[str, str] = {}  # url path -> page_script_hash (from the navigation message)
         self.widgets: dict[str, Widget] = {}  # id -> widget, from the last finished full run (+ fragments)
@@ -416,6 +417,8 @@ def widget_state(w: Widget, value):
             s.double_value = float(value)
     elif w.kind == "plotly_chart":
         s.string_value = value if isinstance(value, str) else json.dumps(value)
+    elif w.kind == "bidi_component":  # a components-v2 component: its whole state, as JSON
+        s.json_value = json.dumps(value)
     else:  # selectbox, radio, text_input, text_area: a string
         s.string_value = str(value)
     return s
@@ -435,12 +438,6 @@ def proto_value(w: Widget):
     return list(v) if w.kind == "slider" else v
 
 
-def point_selection(index: int) -> dict:
-    """What plotly sends for a click on the point whose customdata is `index`."""
-    point = {"curve_number": 0, "point_number": index, "point_index": index, "customdata": [index]}
-    return {"selection": {"points": [point], "point_indices": [index], "box": [], "lasso": []}}
-
-
 # -- a student ------------------------------------------------------------------------------------
 
 def _number_range(w: Widget) -> tuple[int, int]:
@@ -457,13 +454,14 @@ async def explore_once(s: Session, rng: random.Random, pause) -> None:
     if colour is not None and len(colour.proto.options):
         await s.change(colour, rng.choice(list(colour.proto.options)))
         await pause()
-    chart = s.find(key="latent_map_chart", kind="plotly_chart")
+    chart = s.find(key="latent_map_chart", kind="bidi_component")  # the in-page map (a click: setStateValue)
     n_test = 0
     sample = s.find(key="sample_index", kind="number_input", label="sample")
     if sample is not None:
         n_test = _number_range(sample)[1] + 1
     if chart is not None and n_test:
-        await s.change(chart, point_selection(rng.randrange(n_test)))
+        s.map_clicks += 1
+        await s.change(chart, {"selected": {"index": rng.randrange(n_test), "click": s.map_clicks}})
         await pause()
 
     await s.rerun(page="elbo")
@@ -480,11 +478,11 @@ async def explore_once(s: Session, rng: random.Random, pause) -> None:
         if w is not None:
             await s.change(w, rng.randint(*_number_range(w)))
             await pause()
-    for _ in range(3):  # moves of t: the browser reruns the slider's fragment alone
-        t = s.find(key="interp_t", kind="slider", label="t (")
+    for _ in range(3):  # releases of t (a drag itself sends nothing): the component's fragment alone
+        t = s.find(key="interp_component", kind="bidi_component")
         if t is None:
             break
-        await s.change(t, round(rng.uniform(0, 1), 2))
+        await s.change(t, {"t": round(rng.uniform(0, 1), 2)})
         await pause()
 
 
