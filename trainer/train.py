@@ -101,7 +101,7 @@ class Trainer:
         self.x_train = data.x_train.to(self.device)
         self.x_test = data.x_test.to(self.device)
         self.optimizer = _adam(self.model.parameters(), cfg.train.lr, self.device)
-        step = step or os.environ.get("VAE_TRAIN_STEP", "").strip() or "autograd"
+        step = step or os.environ.get("VAE_TRAIN_STEP", "").strip() or "fast"
         if step not in STEPS:
             raise TrainerError(f"unknown training step {step!r}: choose one of {', '.join(STEPS)}")
         self.fast_step = None  # FastStep when this run takes it
