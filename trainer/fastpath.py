@@ -126,10 +126,48 @@ def _layers(net: nn.Module) -> list[nn.Linear]:
     return [layer for layer in layers if isinstance(layer, nn.Linear)]
 
 
+class _Buffers:
+    """Every tensor one step of b rows writes, and the views of them it reads, made once per
+    batch size (a full batch and the epoch's last one): a view costs an operator call too."""
+
+    def __init__(self, step: "FastStep", b: int):
+        M, d, D = step.M, step.d, step.D
+        like = dict(dtype=step.x.dtype, device=step.x.device)
+        self.x = torch.empty(b, D, **like)
+        # activations (after ReLU) per layer: encoder rows b, decoder rows M b
+        self.enc_h = [torch.empty(b, layer.out_features, **like) for layer in step.enc]
+        self.dec_h = [torch.empty(M * b, layer.out_features, **like) for layer in step.dec]
+        # gradients with respect to each layer's output, and their transposes (for W.grad = g^T h)
+        self.g_code = torch.empty(b, step.enc[-1].out_features, **like)  # dLoss/d(mu, raw logvar)
+        self.enc_g = [torch.empty(b, layer.in_features, **like) for layer in step.enc[1:]] + [self.g_code]
+        self.g_out = torch.empty(M * b, D, **like)  # dLoss/d(decoder output)
+        self.dec_g = [torch.empty(M * b, layer.in_features, **like) for layer in step.dec[1:]] + [self.g_out]
+        self.enc_gt = [g.t() for g in self.enc_g]
+        self.dec_gt = [g.t() for g in self.dec_g]
+        self.g_z = torch.empty(M * b, d, **like)  # dLoss/dz
+        self.g_z3 = self.g_z.view(M, b, d)
+        self.g_mu = self.g_z3[0] if M == 1 else None
+        self.z = torch.empty(M, b, d, **like)
+        self.z_flat = self.z.view(M * b, d)
+        self.enc_in = [self.x] + self.enc_h[:-1]  # the input of each encoder layer
+        self.dec_in = [self.z_flat] + self.dec_h[:-1]
+        self.out3 = self.dec_h[-1].view(M, b, D)
+        self.g_out3 = self.g_out.view(M, b, D)
+        self.g_out_flat = self.g_out.view(-1)
+        self.t = torch.empty(M, b, d, **like)
+        self.t0 = self.t[0]
+        self.std = torch.empty(b, d, **like)
+        code = self.enc_h[-1]
+        if step.linear:
+            self.mu, self.g_mu_out, self.g_logvar_out = code, self.g_code, None
+        else:
+            self.mu, self.raw = code[:, :d], code[:, d:]
+            self.g_mu_out, self.g_logvar_out = self.g_code[:, :d], self.g_code[:, d:]
+
+
 class FastStep:
     """One training step of an MLP or linear VAE on rows `batch` of x_train, by hand (see the
-    module docstring). Buffers for a full batch are allocated once; a last, smaller batch
-    uses their first rows."""
+    module docstring), into buffers made once per batch size."""
 
     def __init__(self, model: VAE, x_train: torch.Tensor, batch_size: int, mc_samples: int):
         self.model = model
@@ -142,22 +180,13 @@ class FastStep:
         else:
             self.enc, self.enc_logvar = _layers(model.encoder_net.net), None
         self.dec = _layers(model.decoder_net)
+        # the weights' transposes, as views (Adam and load_state_dict change the weights in place)
+        self.enc_wt = [layer.weight.t() for layer in self.enc]
+        self.dec_wt = [layer.weight.t() for layer in self.dec]
         self.learned_sigma = isinstance(model.log_sigma_dec, nn.Parameter)
         for p in model.parameters():  # gradients are written into these, never reallocated
             p.grad = torch.zeros_like(p)
-        B, MB = batch_size, mc_samples * batch_size
-        like = dict(dtype=self.x.dtype, device=self.x.device)
-        self.x_b = torch.empty(B, self.D, **like)
-        # activations (after ReLU) and their gradients, per layer: encoder rows b, decoder rows M b
-        self.enc_h = [torch.empty(B, layer.out_features, **like) for layer in self.enc]
-        self.enc_g = [torch.empty(B, layer.in_features, **like) for layer in self.enc[1:]]
-        self.dec_h = [torch.empty(MB, layer.out_features, **like) for layer in self.dec]
-        self.dec_g = [torch.empty(MB, layer.in_features, **like) for layer in self.dec]  # [0]: dLoss/dz
-        self.z = torch.empty(mc_samples, B, self.d, **like)
-        self.g_out = torch.empty(MB, self.D, **like)  # dLoss/d(decoder output)
-        self.g_code = torch.empty(B, self.enc[-1].out_features, **like)  # dLoss/d(mu, raw logvar)
-        self.t = torch.empty(mc_samples, B, self.d, **like)
-        self.half_logvar = torch.empty(B, self.d, **like)
+        self.buffers: dict[int, _Buffers] = {}
 
     @torch.no_grad()
     def __call__(self, batch: torch.Tensor, eps: torch.Tensor, w: float) -> tuple[float, float]:
@@ -166,20 +195,18 @@ class FastStep:
         sums (recon, kl), nats (Python floats)."""
         model, M, d, D = self.model, self.M, self.d, self.D
         b = len(batch)
+        buf = self.buffers.get(b) or self.buffers.setdefault(b, _Buffers(self, b))
         scale = 1.0 / (b * M)  # Loss averages over the b rows and M draws
+        enc, dec = self.enc, self.dec
+        last_enc, last_dec = len(enc) - 1, len(dec) - 1
         # -- encoder: x (b, D) -> h -> (mu, raw logvar) -----------------------------------
-        x = torch.index_select(self.x, 0, batch, out=self.x_b[:b])
-        acts = [x]
-        for j, layer in enumerate(self.enc):
-            h = torch.addmm(layer.bias, acts[-1], layer.weight.t(), out=self.enc_h[j][:b])
-            if j < len(self.enc) - 1:
+        x = torch.index_select(self.x, 0, batch, out=buf.x)
+        for j, layer in enumerate(enc):
+            h = torch.addmm(layer.bias, buf.enc_in[j], self.enc_wt[j], out=buf.enc_h[j])
+            if j < last_enc:
                 h.relu_()
-            acts.append(h)
-        code = acts[-1]
-        if self.linear:
-            mu, raw = code, self.enc_logvar.expand(b, d)  # Example 1.3: logvar does not depend on x
-        else:
-            mu, raw = code[:, :d], code[:, d:]
+        mu = buf.mu
+        raw = self.enc_logvar.expand(b, d) if self.linear else buf.raw  # linear: Example 1.3's per-dim logvar
         # model.bounded_logvar: raw itself above LOGVAR_MIN + 20 (checked once for the batch)
         if float(raw.min()) > LOGVAR_MIN + 20.0:
             logvar, dbound = raw, None
@@ -188,25 +215,20 @@ class FastStep:
             above = raw > LOGVAR_MIN + 20.0
             logvar = torch.where(above, raw, soft)
             dbound = torch.where(above, torch.ones_like(raw), torch.sigmoid(raw - LOGVAR_MIN))
-        std = torch.mul(logvar, 0.5, out=self.half_logvar[:b]).exp_()  # (b, d), as DiagonalGaussian
-        z = torch.addcmul(mu, std, eps, out=self.z[:, :b])  # (M, b, d), eq 1.24
+        std = torch.mul(logvar, 0.5, out=buf.std).exp_()  # (b, d), as DiagonalGaussian
+        torch.addcmul(mu, std, eps, out=buf.z)  # z = mu + sigma eps: (M, b, d), eq 1.24
         # -- decoder: z (M b, d) -> out (M b, D) ----------------------------------------------
-        acts_dec = [z.reshape(M * b, d)]
-        for j, layer in enumerate(self.dec):
-            h = torch.addmm(layer.bias, acts_dec[-1], layer.weight.t(), out=self.dec_h[j][:M * b])
-            if j < len(self.dec) - 1:
+        for j, layer in enumerate(dec):
+            h = torch.addmm(layer.bias, buf.dec_in[j], self.dec_wt[j], out=buf.dec_h[j])
+            if j < last_dec:
                 h.relu_()
-            acts_dec.append(h)
-        out = acts_dec[-1]
-        out3 = out.view(M, b, D)
-        g = self.g_out[:M * b]
-        g3 = g.view(M, b, D)
+        out, out3, g = buf.dec_h[-1], buf.out3, buf.g_out
         # -- the likelihood: recon's batch sum and dLoss/d(out), closed form ------------------
         if self.likelihood == "gaussian":
             log_sigma = float(model.log_sigma_dec)
             inv_var = math.exp(-2.0 * log_sigma)
-            torch.sub(out3, x, out=g3)  # out - x
-            ssq = float(torch.dot(g.reshape(-1), g.reshape(-1)))  # sum of ||x - f(z)||^2 over rows and draws
+            torch.sub(out3, x, out=buf.g_out3)  # out - x
+            ssq = float(torch.dot(buf.g_out_flat, buf.g_out_flat))  # sum of ||x - f(z)||^2, rows and draws
             recon = -0.5 * ssq * inv_var / M - 0.5 * b * D * (LOG_2PI + 2.0 * log_sigma)  # eq 1.33
             g.mul_(inv_var * scale)
             if self.learned_sigma:
@@ -215,53 +237,49 @@ class FastStep:
             bce = torch.nn.functional.binary_cross_entropy_with_logits(out3, x.expand_as(out3), reduction="sum")
             recon = -float(bce) / M
             torch.sigmoid(out, out=g)
-            g3.sub_(x)
+            buf.g_out3.sub_(x)
             if self.likelihood == "continuous-bernoulli":
                 lik = model.likelihood
                 recon += float(lik.log_normaliser(out).sum()) / M
                 g.sub_(_dlog_normaliser(out, lik.TAYLOR_BELOW))
             g.mul_(scale)
-        # -- decoder backward --------------------------------------------------------------------
-        for j in range(len(self.dec) - 1, -1, -1):
-            layer = self.dec[j]
-            torch.mm(g.t(), acts_dec[j], out=layer.weight.grad)
-            torch.sum(g, 0, out=layer.bias.grad)
-            g_in = torch.mm(g, layer.weight, out=self.dec_g[j][:M * b])
-            if j > 0:  # through the ReLU: nothing where its output was 0
-                torch.ops.aten.threshold_backward.grad_input(g_in, acts_dec[j], 0, grad_input=g_in)
-            g = g_in
-        g_z = g.view(M, b, d)  # dLoss/dz
+        # -- decoder backward: W.grad = g^T h, b.grad = sum(g), g <- g W through the ReLU ------
+        for j in range(last_dec, -1, -1):
+            layer = dec[j]
+            torch.mm(buf.dec_gt[j], buf.dec_in[j], out=layer.weight.grad)
+            torch.sum(buf.dec_g[j], 0, out=layer.bias.grad)
+            if j > 0:
+                g_in = torch.mm(buf.dec_g[j], layer.weight, out=buf.dec_g[j - 1])
+                torch.ops.aten.threshold_backward.grad_input(g_in, buf.dec_in[j], 0, grad_input=g_in)
+            else:
+                torch.mm(buf.dec_g[0], layer.weight, out=buf.g_z)
         # -- the KL (eq 1.34) and the reparameterization, into dLoss/d(mu, raw logvar) ---------
         var = torch.exp(logvar)  # (b, d)
-        kl = 0.5 * (float(var.sum()) + float(torch.dot(mu.reshape(-1), mu.reshape(-1)))
-                    - b * d - float(logvar.sum()))
-        t = torch.mul(g_z, eps, out=self.t[:, :b])  # (M, b, d)
-        t = t.sum(0) if M > 1 else t[0]
+        mu_norm = float(torch.linalg.vector_norm(mu))
+        kl = 0.5 * (float(var.sum()) + mu_norm * mu_norm - b * d - float(logvar.sum()))
+        torch.mul(buf.g_z3, eps, out=buf.t)  # (M, b, d)
+        t = buf.t0 if M == 1 else buf.t.sum(0)
         t.mul_(std)  # sigma sum_m g_z eps = 2 dLoss/dlogvar through z
         var.sub_(1.0).mul_(0.5 * w / b)  # (w/2b)(sigma^2 - 1): the KL's
-        g_code = self.g_code[:b]
-        g_mu = g_z.sum(0) if M > 1 else g_z[0]
+        g_mu = buf.g_mu if M == 1 else buf.g_z3.sum(0)
+        torch.add(g_mu, mu, alpha=w / b, out=buf.g_mu_out)
         if self.linear:
-            torch.add(g_mu, mu, alpha=w / b, out=g_code)
             g_logvar = torch.add(var, t, alpha=0.5)
             if dbound is not None:
                 g_logvar.mul_(dbound)
             torch.sum(g_logvar, 0, out=self.enc_logvar.grad)
         else:
-            torch.add(g_mu, mu, alpha=w / b, out=g_code[:, :d])
-            torch.add(var, t, alpha=0.5, out=g_code[:, d:])
+            torch.add(var, t, alpha=0.5, out=buf.g_logvar_out)
             if dbound is not None:
-                g_code[:, d:].mul_(dbound)
+                buf.g_logvar_out.mul_(dbound)
         # -- encoder backward ------------------------------------------------------------------
-        g = g_code
-        for j in range(len(self.enc) - 1, -1, -1):
-            layer = self.enc[j]
-            torch.mm(g.t(), acts[j], out=layer.weight.grad)
-            torch.sum(g, 0, out=layer.bias.grad)
+        for j in range(last_enc, -1, -1):
+            layer = enc[j]
+            torch.mm(buf.enc_gt[j], buf.enc_in[j], out=layer.weight.grad)
+            torch.sum(buf.enc_g[j], 0, out=layer.bias.grad)
             if j > 0:
-                g_in = torch.mm(g, layer.weight, out=self.enc_g[j - 1][:b])
-                torch.ops.aten.threshold_backward.grad_input(g_in, acts[j], 0, grad_input=g_in)
-                g = g_in
+                g_in = torch.mm(buf.enc_g[j], layer.weight, out=buf.enc_g[j - 1])
+                torch.ops.aten.threshold_backward.grad_input(g_in, buf.enc_in[j], 0, grad_input=g_in)
         return recon, kl
 
 
