@@ -1,7 +1,8 @@
-"""Section 3: small data. One digits epoch with the default config, through the same
-`trainer.fit` the command line runs (training pass, test evaluation, metrics line, status and
-checkpoint writes), and the wall time of the app's first-start training as the app starts it:
-`python -m trainer fit ...` in its own process.
+"""Section 3: small data. The digits training pass against a plain eager PyTorch loop
+(bench/eager.py) in the same run, 1 thread, the app's first-start model; one digits epoch with
+the default config, through the same `trainer.fit` the command line runs (training pass, test
+evaluation, metrics line, status and checkpoint writes); and the wall time of the app's
+first-start training as the app starts it: `python -m trainer fit ...` in its own process.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from trainer import RunConfig, fit
 from trainer.data import load_dataset
 
 from .common import Context, matrix_weights, median, train_flop_per_sample, use_threads
+from .eager import EagerLoop
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,10 +53,65 @@ def app_first_start(out: Path) -> dict | None:
         return None
 
 
+def digits_against_eager(ctx: Context, epochs: int) -> dict:
+    """The digits training pass (the app's first-start model, 1 thread) of the trainer's fast
+    step, of its autograd step and of the plain eager loop, one epoch of each in turn so that
+    a slow moment of the machine hits all three; medians after a warm-up epoch. Then where
+    the fast step's time goes (torch.profiler): the matrix products' share."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from trainer.train import Callbacks, Trainer
+
+    use_threads(1)
+    data = load_dataset("digits", 0)
+    cfg = RunConfig(data="digits")
+    cfg.train.device, cfg.train.epochs = "cpu", 0
+    m = cfg.model
+    trainers = {step: Trainer(cfg, data, torch.device("cpu"), step=step) for step in ("fast", "autograd")}
+    eager = EagerLoop(data.x_train, m.hidden, m.latent_dim, m.likelihood, cfg.train.batch_size, cfg.train.lr)
+    times: dict[str, list[float]] = {"fast": [], "autograd": [], "eager": []}
+    for _ in range(epochs + 1):
+        for step, trainer in trainers.items():
+            rows: list[dict] = []
+            trainer.cfg.train.epochs = trainer.epoch + 1
+            trainer.run(Callbacks(on_epoch=rows.append))
+            times[step].append(rows[-1]["epoch_time_s"])
+        times["eager"].append(eager.epoch())
+    ms = {k: median(v[1:]) * 1e3 for k, v in times.items()}
+    # The fast step alone (no test evaluation), three epochs' worth of steps, profiled
+    fast, B, n = trainers["fast"], cfg.train.batch_size, len(data.x_train)
+    sums = torch.zeros(4, dtype=torch.float64)
+    batches = [idx for _ in range(3) for idx in torch.randperm(n).split(B)]
+    noise = [torch.randn(1, len(idx), m.latent_dim) for idx in batches]
+    steps = len(batches)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for idx, eps in zip(batches, noise):
+            fast.fast_step_sums(idx, eps, 1.0, sums)
+        wall = (time.perf_counter() - t0) * 1e3
+    ops = {e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()}  # ms
+    matrix = sum(ops.get(k, 0.0) for k in ("aten::mm", "aten::addmm"))
+    top = sorted(ops.items(), key=lambda kv: -kv[1])[:8]
+    use_threads(ctx.threads)
+    return {"epochs": epochs, "steps_per_epoch": steps // 3, "train_pass_ms": ms, "epoch_times_s": times,
+            "profile_fast": {"steps": steps, "wall_ms_per_step": wall / steps, "matrix_share_of_wall": matrix / wall,
+                             "matrix_ms_per_step": matrix / steps, "top_ops_ms": dict(top)}}
+
+
 def section_3(ctx: Context) -> None:
     s = ctx.sizes
+    against = digits_against_eager(ctx, s.digits_epochs)
+    ms, prof = against["train_pass_ms"], against["profile_fast"]
+    n_steps = against["steps_per_epoch"]
+    ratio = ms["eager"] / ms["fast"]
+    ctx.row("3", "digits training pass, trainer (fast step), 1 thread", ms["fast"], "ms", ratio,
+            f"plain eager loop (bench/eager.py) {ms['eager']:.1f} ms, same run", ">= 2x", ratio >= 2,
+            f"autograd step {ms['autograd']:.1f} ms ({ms['eager'] / ms['autograd']:.2f}x); per step of 128: fast "
+            f"{ms['fast'] / n_steps:.2f} ms of which matrix products {prof['matrix_ms_per_step']:.2f} ms "
+            f"({prof['matrix_share_of_wall']:.0%} of a profiled fast step), eager {ms['eager'] / n_steps:.2f} ms")
     use_threads(ctx.threads)
-    cfg = RunConfig(data="digits")  # the default config: mlp 512,256, 2-D latent, Gaussian, learned sigma_dec
+    cfg = RunConfig(data="digits")  # the default config: mlp 256,128, 2-D latent, Gaussian, learned sigma_dec
     cfg.train.epochs, cfg.train.threads = s.digits_epochs, ctx.threads
     out = ctx.workdir / "digits-default"
     stamps: list[float] = []
@@ -81,7 +138,8 @@ def section_3(ctx: Context) -> None:
     floor_ms = epoch_flop / peak * 1e3  # the epoch's matrix work at 100% of the peak
     result = {"epochs": s.digits_epochs, "n_train": len(data.x_train), "n_test": len(data.x_test),
               "epoch_wall_ms": [w * 1e3 for w in epoch_walls], "train_pass_ms": [t * 1e3 for t in train_pass],
-              "fit_wall_s": fit_wall, "epoch_matrix_flop": epoch_flop, "floor_ms_at_peak": floor_ms}
+              "fit_wall_s": fit_wall, "epoch_matrix_flop": epoch_flop, "floor_ms_at_peak": floor_ms,
+              "against_eager": against}
     ctx.row("3", f"digits epoch, default config, {ctx.threads} threads", epoch_ms, "ms", floor_ms / epoch_ms,
             "fraction of f32 matmul peak", "< 20 ms", epoch_ms < 20,
             f"training pass alone {median(train_pass) * 1e3:.1f} ms; the epoch's {epoch_flop / 1e9:.2f} GFLOP "

@@ -1,11 +1,13 @@
 """Sections 1, 2 and 4: training speed against pythae, against the CPU's float32 limit, and as
 the data, the epochs, the threads and the processes grow.
 
-Our side is trainer.train.Trainer, the loop `python -m trainer fit` runs; its `epoch_time_s`
+Our side is trainer.train.Trainer, the loop `python -m trainer fit` runs (its fast step,
+trainer/fastpath.py, for this MLP); its `epoch_time_s`
 covers the training pass only (the per-epoch test evaluation is timed apart), as pythae's
 `train_step` does. The two are run in the same process on the same tensors, one epoch each in
 turn, so a slow moment of the machine hits both; the first epoch of each is warm-up and the
-figure is the median of the others.
+figure is the median of the others. A plain eager PyTorch loop (bench/eager.py) runs beside
+them, one epoch each turn, as a baseline that needs no peer installed.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from trainer.elbo import evaluate
 from trainer.train import Callbacks, Trainer
 
 from . import peer
+from .eager import EagerLoop
 from .common import Context, matrix_weights, median, train_flop_per_sample, use_threads
 from .cpu import matmul_peak
 
@@ -55,6 +58,7 @@ def section_1_2(ctx: Context) -> None:
         ours = Trainer(ctx.mnist_config(epochs=0), data, torch.device("cpu"))
         rows: list[dict] = []
         peer_trainer, peer_times, peer_losses = None, [], []
+        eager, eager_times = EagerLoop(data.x_train, list(s.hidden), s.latent_dim, "bernoulli", s.batch_size, s.lr), []
         if peer_version:
             torch.manual_seed(0)
             peer_trainer = peer.PeerTrainer(peer.build(tuple(data.shape), list(s.hidden), s.latent_dim),
@@ -67,6 +71,8 @@ def section_1_2(ctx: Context) -> None:
                 t = time.perf_counter()
                 peer_losses.append(peer_trainer.epoch())
                 peer_times.append(time.perf_counter() - t)
+            use_threads(threads)
+            eager_times.append(eager.epoch())  # the plain eager loop (bench/eager.py), same data and model
         use_threads(threads)
         if peer_trainer is not None:
             peer_trainer.close()
@@ -77,6 +83,8 @@ def section_1_2(ctx: Context) -> None:
             "ours_epoch_s": ours_times, "ours_samples_per_s": ours_rate,
             "ours_fraction_of_peak": ours_rate * flop / peak["flops"],
             "ours_train_elbo": [r["train_elbo"] for r in rows], "ours_test_elbo": [r["test_elbo"] for r in rows],
+            "eager_epoch_s": eager_times, "eager_samples_per_s": _rate(n, eager_times),
+            "ratio_ours_to_eager": ours_rate / _rate(n, eager_times),
         }
         if peer_trainer is not None:
             peer_rate = _rate(n, peer_times)
@@ -94,6 +102,9 @@ def section_1_2(ctx: Context) -> None:
         else:
             ctx.row("1", f"train, ours, {tag}", ours_rate, "samples/s", None, "", ">= 2x pythae", None,
                     "pythae not installed: pip install -r requirements-bench.txt")
+        eager_rate = entry["eager_samples_per_s"]
+        ctx.row("1", f"train, ours against the plain eager loop, {tag}", ours_rate, "samples/s", ours_rate / eager_rate,
+                f"bench/eager.py {eager_rate:,.0f} samples/s, same run")
         frac = ours_rate * flop / peak["flops"]
         ctx.row("2", f"matrix FLOP/s, ours, {tag}", ours_rate * flop / 1e9, "GFLOP/s", frac,
                 f"f32 matmul peak {peak['flops'] / 1e9:.0f} GFLOP/s", ">= 60%", frac >= 0.6)
@@ -127,7 +138,8 @@ def section_1_2(ctx: Context) -> None:
 
 # torch.profiler operator names -> what they are in the training step
 _KINDS = (("matrix products", ("aten::mm", "aten::addmm", "aten::bmm")),
-          ("Adam", ("aten::_fused_adam_", "Optimizer.step#Adam.step", "Optimizer.zero_grad#Adam.zero_grad")),
+          ("Adam", ("aten::_fused_adam_", "aten::_foreach_add_", "Optimizer.step#Adam.step",
+                    "Optimizer.zero_grad#Adam.zero_grad")),
           ("Bernoulli log-likelihood", ("aten::log_sigmoid_forward", "aten::log_sigmoid_backward", "aten::sigmoid",
                                         "aten::binary_cross_entropy_with_logits")),
           ("ReLU", ("aten::clamp_min", "aten::threshold_backward", "aten::relu")),
@@ -205,7 +217,8 @@ def section_2_bf16(ctx: Context) -> None:
     bf16_peak = matmul_peak(ctx.threads, sizes=(min(s.peak_sizes),), seconds=s.peak_seconds, dtype=torch.bfloat16)
     runs = {}
     for name, seed, autocast in (("float32", 0, False), ("bfloat16", 0, True), ("float32_seed1", 1, False)):
-        trainer = Trainer(ctx.mnist_config(epochs=s.bf16_epochs, seed=seed), data, torch.device("cpu"))
+        # the autograd step in all three (the autocast region wraps its elbo_terms)
+        trainer = Trainer(ctx.mnist_config(epochs=s.bf16_epochs, seed=seed), data, torch.device("cpu"), step="autograd")
         rows: list[dict] = []
         if autocast:
             with _autocast_forward():

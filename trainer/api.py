@@ -242,10 +242,12 @@ def _truncate_metrics(out: Path, epoch: int) -> None:
 class _Reporter:
     """What the run folder hears while the trainer trains: status.json (running, its
     heartbeat at most once a second, the final state) and, after every epoch, the metrics
-    row, the checkpoint and, every few epochs, the test codes (trainer/snapshots.py). Every epoch's checkpoint is saved atomically (a killed
-    process leaves the last epoch's), but fsynced at most every SYNC_EVERY_S and at the last
-    epoch: fsyncing a few MB costs as much as a whole digits epoch, and a power cut can lose
-    only those seconds of training. The caller's on_step and on_epoch are called after."""
+    row, the checkpoint and, every few epochs, the test codes (trainer/snapshots.py). Every
+    epoch's checkpoint is saved atomically (a killed process leaves the last epoch's), but
+    fsynced at most every SYNC_EVERY_S and at the last epoch: fsyncing a few MB costs as much as a whole digits epoch, and a power cut can lose
+    only those seconds of training. The metrics rows are fsynced with the checkpoint, the
+    running status (progress, superseded by the next write) never; the final status is.
+    The caller's on_step and on_epoch are called after."""
 
     def __init__(self, out: Path, trainer, epochs: int, on_epoch: Callable[[dict], None] | None,
                  on_step: Callable[[int, int, int, int], None] | None):
@@ -265,22 +267,23 @@ class _Reporter:
     def on_step(self, step: int, epoch: int, i: int, n: int) -> None:
         if time.monotonic() - self.last_beat > 1.0:  # heartbeat at most once a second
             self.last_beat = time.monotonic()
-            runs.write_status(self.out, "running", epoch=epoch, epochs=self.epochs, batch=i + 1, batches=n)
+            runs.write_status(self.out, "running", durable=False, epoch=epoch, epochs=self.epochs, batch=i + 1,
+                              batches=n)
         if self.user_on_step:
             self.user_on_step(step, epoch, i, n)
 
     def on_epoch(self, row: dict) -> None:
         trainer = self.trainer
         row = {**row, "wall_time": time.time()}
-        # The row first: if the save then fails, --resume drops rows past the saved epoch.
-        fileio.append_jsonl(self.out / "metrics.jsonl", row)
         durable = trainer.epoch >= self.epochs or time.monotonic() - self.last_sync >= SYNC_EVERY_S
+        # The row first: if the save then fails, --resume drops rows past the saved epoch.
+        fileio.append_jsonl(self.out / "metrics.jsonl", row, durable=durable)
         checkpoints.save_checkpoint(self.out, trainer.model, trainer.state_tensors(),
                                     {"epoch": trainer.epoch, "step": trainer.step}, durable=durable)
         if durable:
             self.last_sync = time.monotonic()
         self.snapshots.after_epoch(trainer.epoch)
-        runs.write_status(self.out, "running", epoch=trainer.epoch, epochs=self.epochs)
+        runs.write_status(self.out, "running", durable=False, epoch=trainer.epoch, epochs=self.epochs)
         if self.user_on_epoch:
             self.user_on_epoch(row)
 

@@ -249,6 +249,8 @@ class _ElboTerms(nn.Module):
 class DistributedTrainer(Trainer):
     """A Trainer whose steps are shared by the ranks of the process group (see the module doc)."""
 
+    fast_step_allowed = False  # each rank's share goes through DDP and autograd (reference_step)
+
     def __init__(self, cfg: RunConfig, data: Dataset, d: Dist):
         super().__init__(cfg, data, d.device)
         self.dist = d

@@ -87,9 +87,10 @@ def atomic_write_json(path: Path, obj: Any, durable: bool = True) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode(), durable)
 
 
-def append_jsonl(path: Path, obj: Any) -> None:
+def append_jsonl(path: Path, obj: Any, durable: bool = True) -> None:
     """Append one line and fsync. A crash can at worst cut the last line, which readers
-    skip; the next append then starts on a fresh line so that it is not glued to it."""
+    skip; the next append then starts on a fresh line so that it is not glued to it.
+    durable=False leaves out the fsync (a later durable append or sync makes it durable)."""
     line = (json.dumps(obj, allow_nan=True) + "\n").encode()
     with open(path, "a+b") as f:
         if f.seek(0, os.SEEK_END) > 0:
@@ -98,7 +99,8 @@ def append_jsonl(path: Path, obj: Any) -> None:
                 line = b"\n" + line
         f.write(line)
         f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            os.fsync(f.fileno())
 
 
 def read_json(path: Path, what: str) -> Any:

@@ -112,10 +112,11 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 # -- status --------------------------------------------------------------------------------
 
-def write_status(run_dir: Path, state: str, **fields: Any) -> dict:
+def write_status(run_dir: Path, state: str, durable: bool = True, **fields: Any) -> dict:
     """Merge `fields` into status.json with the new state and a fresh heartbeat. When a pid
     is given, the host and the process's start time are recorded with it, so that a reader
-    can tell a dead (or reused) pid from the live trainer."""
+    can tell a dead (or reused) pid from the live trainer. durable=False: replaced atomically
+    but not fsynced (progress while running: the next write supersedes it)."""
     if state not in STATES:
         raise ValueError(f"unknown run state {state!r}")
     if "pid" in fields:
@@ -123,7 +124,7 @@ def write_status(run_dir: Path, state: str, **fields: Any) -> dict:
         fields["pid_start"] = process_start(fields["pid"])
     old = read_status_raw(run_dir) or {}
     status = {**old, **fields, "state": state, "heartbeat": time.time()}
-    atomic_write_json(Path(run_dir) / "status.json", status)
+    atomic_write_json(Path(run_dir) / "status.json", status, durable)
     return status
 
 

@@ -4,15 +4,21 @@ It knows nothing about files or user interfaces: it reports through callbacks, a
 caller (api.fit) saves checkpoints, writes metrics and handles signals.
 
 Speed: the data set is one tensor on the device, batches are `index_select`ed from a
-per-epoch permutation (no per-sample Python), Adam is fused where torch supports it, and
-denormals are flushed to zero (Adam's moments of dead units otherwise go subnormal and
-slow later epochs).
+per-epoch permutation (no per-sample Python), Adam is one fused kernel a step
+(fastpath.FusedAdam, torch.optim.Adam's own kernel without its Python), and denormals are
+flushed to zero (Adam's moments of dead units otherwise go subnormal and slow later epochs).
+Two steps compute the same thing: `reference_step`, autograd through elbo.elbo_terms (every
+architecture, and the several-process trainer), and for the mlp and linear architectures
+fastpath.FastStep, the same forward and backward written out by hand in far fewer operator
+calls (the default where it applies; `Trainer(..., step="autograd")` or the environment
+variable VAE_TRAIN_STEP=autograd selects the reference).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -24,7 +30,10 @@ from .config import RunConfig
 from .data import Dataset
 from .elbo import Evaluation, elbo_terms, evaluate
 from .errors import TrainerError
+from .fastpath import FastStep, FusedAdam, supports
 from .model import build_model
+
+STEPS = ("fast", "autograd")  # Trainer(step=...): the hand-written step where it applies, or autograd
 
 
 class NonFiniteLoss(TrainerError):
@@ -74,9 +83,16 @@ class Callbacks:
 
 
 class Trainer:
-    """Holds the model, optimizer and random generators of one run."""
+    """Holds the model, optimizer and random generators of one run.
 
-    def __init__(self, cfg: RunConfig, data: Dataset, device: torch.device | None = None):
+    step: "fast" (fastpath.FastStep where the architecture and likelihood allow it, else
+    autograd) or "autograd" (always the reference); by default $VAE_TRAIN_STEP, else "fast".
+    Both give the same numbers up to float rounding."""
+
+    fast_step_allowed = True  # trainer.distributed's subclass shares each batch: autograd only
+
+    def __init__(self, cfg: RunConfig, data: Dataset, device: torch.device | None = None,
+                 step: str | None = None):
         self.cfg = cfg
         self.device = device or pick_device(cfg.train.device)
         torch.manual_seed(cfg.train.seed)  # weight initialisation
@@ -87,6 +103,12 @@ class Trainer:
         self.x_train = data.x_train.to(self.device)
         self.x_test = data.x_test.to(self.device)
         self.optimizer = _adam(self.model.parameters(), cfg.train.lr, self.device)
+        step = step or os.environ.get("VAE_TRAIN_STEP", "").strip() or "fast"
+        if step not in STEPS:
+            raise TrainerError(f"unknown training step {step!r}: choose one of {', '.join(STEPS)}")
+        self.fast_step = None  # FastStep when this run takes it
+        if step == "fast" and self.fast_step_allowed and supports(self.model, self.x_train):
+            self.fast_step = FastStep(self.model, self.x_train, cfg.train.batch_size, cfg.train.mc_samples)
         self.gen_shuffle = torch.Generator().manual_seed(cfg.train.seed + 1)
         self.gen_eps = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 2)
         self.epoch = 0  # epochs completed
@@ -154,20 +176,12 @@ class Trainer:
                 # eps ~ N(0, I) for the reparameterization z = mu + sigma * eps (eq 1.24): (M, b, d)
                 eps = torch.randn((M, len(batch), d), generator=self.gen_eps, device=self.device,
                                   dtype=eps_dtype)
-                terms, weight = self.batch_terms(batch, eps)  # per-sample terms of this process's rows
                 w = kl_weight(cfg, self.epoch, (i + 1) / n_batches)
-                objective = terms["recon"] - w * terms["kl"]  # (rows,), what training maximises
-                loss = -objective.sum() * weight  # minus the objective's mean over the batch
-                self.optimizer.zero_grad(set_to_none=True)
-                self.backward(loss)
-                finite = math.isfinite(float(loss.detach()))
-                if finite:  # a non-finite loss is reported below, after the step's callbacks
-                    self.optimizer.step()
+                if self.fast_step is not None:
+                    finite = self.fast_step_sums(batch, eps, w, sums)
+                else:
+                    finite = self.reference_step(batch, eps, w, sums)
                 self.step += 1
-                if weight:
-                    with torch.no_grad():
-                        sums += torch.stack([terms["recon"].sum(), terms["kl"].sum(), terms["elbo"].sum(),
-                                             objective.sum()]).double()
                 callbacks.on_step(self.step, self.epoch, i, n_batches)
                 not_finite, stop = self.agree(not finite, callbacks.should_stop())
                 if not_finite:
@@ -179,6 +193,36 @@ class Trainer:
             test = self.end_of_epoch(sums)
             callbacks.on_epoch(self.epoch_row((sums / n).tolist(), n, train_time, test))
         return "done"
+
+    # -- one step: the loss of the batch, its gradient, Adam -------------------------------
+    def reference_step(self, batch: torch.Tensor, eps: torch.Tensor, w: float, sums: torch.Tensor) -> bool:
+        """One step by autograd; adds the batch's sums of recon, kl, elbo and the objective
+        to `sums` (4,). Returns whether the loss was finite (Adam steps only then)."""
+        terms, weight = self.batch_terms(batch, eps)  # per-sample terms of this process's rows
+        objective = terms["recon"] - w * terms["kl"]  # (rows,), what training maximises
+        objective_sum = objective.sum()
+        loss = -objective_sum * weight  # minus the objective's mean over the batch
+        self.optimizer.zero_grad(set_to_none=True)
+        self.backward(loss)
+        finite = math.isfinite(float(loss.detach()))
+        if finite:  # a non-finite loss is reported by run(), after the step's callbacks
+            self.optimizer.step()
+        if weight:
+            with torch.no_grad():
+                sums += torch.stack([terms["recon"].sum(), terms["kl"].sum(), terms["elbo"].sum(),
+                                     objective_sum]).double()
+        return finite
+
+    def fast_step_sums(self, batch: torch.Tensor, eps: torch.Tensor, w: float, sums: torch.Tensor) -> bool:
+        """reference_step's work by fastpath.FastStep: the same sums (added in float64 from the
+        batch's recon and kl sums), the same Adam step, the same answer."""
+        recon, kl = self.fast_step(batch, eps, w)
+        objective = recon - w * kl
+        finite = math.isfinite(objective)
+        if finite:
+            self.optimizer.step()
+        sums += torch.tensor([recon, kl, recon - kl, objective], dtype=torch.float64, device=sums.device)
+        return finite
 
     # -- what differs when several processes share each batch (trainer.distributed) -------
     def before_run(self) -> None:
@@ -222,8 +266,12 @@ class Trainer:
         return row
 
 
-def _adam(params, lr: float, device: torch.device) -> torch.optim.Optimizer:
+def _adam(params, lr: float, device: torch.device):
+    """Adam with torch's defaults: fastpath.FusedAdam where the fused kernel exists, else
+    torch.optim.Adam (fused if it can be)."""
     params = list(params)
+    if FusedAdam.available(params):
+        return FusedAdam(params, lr)
     try:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, TypeError):  # fused not available for this device/build
