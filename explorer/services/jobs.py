@@ -359,7 +359,9 @@ def queue_position(run_dir: Path) -> tuple[int, int] | None:
     """(position, length) of the run in the queue of jobs waiting for a slot, position 1
     first; None when it is not waiting."""
     run_dir = Path(run_dir)
-    queue = _shared(("queue", str(run_dir.parent)), lambda: job_slot.waiting_jobs(run_dir.parent))
+    # keyed on the runs folder's mtime too: a new run folder (a job just queued) is seen at once
+    queue = _shared(("queue", str(run_dir.parent), _mtime(run_dir.parent)),
+                    lambda: job_slot.waiting_jobs(run_dir.parent))
     return (queue.index(run_dir.name) + 1, len(queue)) if run_dir.name in queue else None
 
 

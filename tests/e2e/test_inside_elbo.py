@@ -154,6 +154,8 @@ def test_moving_m_changes_the_estimate_and_its_error_bar(page, app, runs):
     after = shown(section)
     assert after["estimate, M = 100"] != before["estimate, M = 10"]
     se10, se100 = number(before["standard error"]), number(after["standard error"])
-    assert 0.15 < se100 / se10 < 0.6, (se10, se100)  # 1/sqrt(10) = 0.32, with the noise of 10 draws
+    # 1/sqrt(10) = 0.32 times sd_100 / sd_10, the sample sds' ratio: sd_10 from 10 draws is itself
+    # noisy (sd_10^2 / sd^2 ~ chi2_9 / 9, whose 0.1% quantile 0.15 allows a ratio up to 0.82)
+    assert 0.1 < se100 / se10 < 0.85, (se10, se100)
     assert harness.plotly_traces(chart(page, "reparam_cloud"))[0]["n"] == 100
     harness.assert_no_traceback(page)

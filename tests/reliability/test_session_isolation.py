@@ -50,8 +50,8 @@ async def scenario(url: str) -> tuple[load.Session, load.Session]:
     try:
         await both(a.open("latent-map"), b.open("latent-map"))
         # Each clicks another point of the latent map: the selected sample.
-        await both(a.change(a.find(key="latent_map_chart"), load.point_selection(17)),
-                   b.change(b.find(key="latent_map_chart"), load.point_selection(55)))
+        await both(a.change(a.find(key="latent_map_chart"), {"selected": {"index": 17, "click": 1}}),
+                   b.change(b.find(key="latent_map_chart"), {"selected": {"index": 55, "click": 1}}))
         assert url_state(a)["sample"] == "17" and url_state(b)["sample"] == "55"
         assert drawn_value(a, "sample_index") == 17 and drawn_value(b, "sample_index") == 55
 
@@ -59,7 +59,9 @@ async def scenario(url: str) -> tuple[load.Session, load.Session]:
         await both(a.rerun(page="interpolate"), b.rerun(page="interpolate"))
         await both(a.change(a.find(key="endpoint_a"), 3), b.change(b.find(key="endpoint_a"), 100))
         await both(a.change(a.find(key="endpoint_b"), 40), b.change(b.find(key="endpoint_b"), 7))
-        await both(a.change(a.find(key="interp_t"), 0.2), b.change(b.find(key="interp_t"), 0.9))
+        # t released on the in-page slider (the component's state; a drag itself sends nothing)
+        await both(a.change(a.find(key="interp_component"), {"t": 0.2}),
+                   b.change(b.find(key="interp_component"), {"t": 0.9}))
         for s, want in ((a, {"a": "3", "b": "40", "t": "0.20", "sample": "17"}),
                         (b, {"a": "100", "b": "7", "t": "0.90", "sample": "55"})):
             got = url_state(s)
@@ -69,11 +71,11 @@ async def scenario(url: str) -> tuple[load.Session, load.Session]:
         await both(a.rerun(page="latent-map"), b.rerun(page="latent-map"))
         await both(a.rerun(page="interpolate"), b.rerun(page="interpolate"))
         for s in (a, b):
-            for key in ("endpoint_a", "endpoint_b", "interp_t"):
+            for key in ("endpoint_a", "endpoint_b"):
                 assert s.find(key=key).proto.set_value, (s.log.name, key, "not drawn from the server's state")
         assert [drawn_value(a, k) for k in ("endpoint_a", "endpoint_b")] == [3, 40]
         assert [drawn_value(b, k) for k in ("endpoint_a", "endpoint_b")] == [100, 7]
-        assert drawn_value(a, "interp_t") == pytest.approx(0.2) and drawn_value(b, "interp_t") == pytest.approx(0.9)
+        assert url_state(a)["t"] == "0.20" and url_state(b)["t"] == "0.90"  # each one's own t, kept by the server
 
         # Bob makes a mistake on the Train page while Alice reads the ELBO page of her sample.
         await both(a.rerun(page="elbo"), b.rerun(page="train"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.distributions import MultivariateNormal, kl_divergence
@@ -143,6 +144,7 @@ def test_eval_json_reports_quadrature_and_exact_keys(cli, digits_run, linear_run
     assert r.status == 0, r.stderr
     out = json.loads(r.stdout)
     assert abs(out["log_px_quadrature"] - out["log_px"]) < 0.1, out
+    assert out["log_px_quadrature_n"] == out["n"] and "log_px_quadrature_se" not in out  # the whole test set
     assert "elbo_exact" not in out  # an MLP on digits has no closed forms
 
     for run_dir, d in ((linear_run, 2), (linear_gaussian_run, 4)):
@@ -155,6 +157,18 @@ def test_eval_json_reports_quadrature_and_exact_keys(cli, digits_run, linear_run
         assert ("log_px_quadrature" in out) == (d <= 2)
         if d <= 2:
             assert abs(out["log_px_quadrature"] - out["model_log_px_exact"]) < 1e-3
+
+
+def test_a_large_test_set_gets_the_quadrature_on_evenly_spaced_rows(digits_run, monkeypatch):
+    run = load_run(digits_run)
+    x = run.load_data().x_test  # (359, 64)
+    monkeypatch.setattr(posterior, "QUADRATURE_MAX_SAMPLES", 40)
+    out = posterior.eval_extras(run.model, x)
+    rows = np.unique(np.linspace(0, len(x) - 1, 40).round().astype(np.int64))
+    each = posterior.log_px_quadrature(run.model, x[torch.as_tensor(rows)]).double()
+    assert out["log_px_quadrature_n"] == len(rows) == 40
+    assert out["log_px_quadrature"] == pytest.approx(float(each.mean()), abs=1e-9)
+    assert out["log_px_quadrature_se"] == pytest.approx(float(each.std()) / math.sqrt(40), rel=1e-9)
 
 
 def test_hand_set_elbo_grid_is_the_examples_closed_form():
