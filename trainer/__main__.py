@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", choices=DEVICES, default="auto",
                    help="where the model runs (a GPU's noise differs from the CPU's: Monte Carlo noise)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--no-quadrature", action="store_true",
+                   help="leave out log_px_quadrature (d <= 2: a grid of decodes per sample, up to 500 samples; "
+                        "slow for large decoders)")
 
     s = sub.add_parser("sample", help="decode samples from the prior into a PNG grid (Fig 1.7)")
     s.add_argument("run_dir")
@@ -224,7 +227,7 @@ def cmd_eval(a) -> int:
         raise TrainerError("--threads must be between 0 (all cores) and 1024")
     set_threads(a.threads)
     result = evaluate_run(load_run(a.run_dir), a.split, a.k, a.mc_samples, a.seed, device=a.device,
-                          closed_forms=True)
+                          closed_forms=True, quadrature=not a.no_quadrature)
     if a.json:
         print(json.dumps(result))
     else:

@@ -405,7 +405,8 @@ def load_run(path: str | Path) -> Run:
 
 
 def evaluate_run(run: Run, split: str = "test", k: int = 1000, mc_samples: int = 1, seed: int = 0,
-                 batch_size: int = 500, device: str = "cpu", closed_forms: bool = False) -> dict:
+                 batch_size: int = 500, device: str = "cpu", closed_forms: bool = False,
+                 quadrature: bool = True) -> dict:
     """Per-sample means over a split (nats, log-likelihood sign): elbo, recon, kl, log_px, gap,
     active_units, and exact_log_px where the data set knows it. `device` ("cpu", "cuda" or
     "auto") is where the model runs; the noise differs between devices, so the estimates
@@ -432,5 +433,5 @@ def evaluate_run(run: Run, split: str = "test", k: int = 1000, mc_samples: int =
     if run.model.likelihood.has_sigma_dec:
         out["sigma_dec"] = run.model.reported_sigma_dec()
     if closed_forms:  # log_px_quadrature (d <= 2); elbo_exact, ... (linear + Gaussian): trainer.posterior
-        out.update(posterior.eval_extras(run.model, x))
+        out.update(posterior.eval_extras(run.model, x, quadrature=quadrature))
     return out

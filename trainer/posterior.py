@@ -315,7 +315,7 @@ def estimator_summary(per_draw: torch.Tensor) -> dict[str, list[float] | float]:
 QUADRATURE_MAX_SAMPLES = 500  # eval's quadrature: the whole test set up to this size, else this many rows
 
 
-def eval_extras(model: VAE, x) -> dict[str, float]:
+def eval_extras(model: VAE, x, quadrature: bool = True) -> dict[str, float]:
     """The test-set means that `eval --json` adds where they exist, nats per sample:
     log_px_quadrature (d <= 2), and for the linear architecture with a Gaussian likelihood
     elbo_exact, kl_to_posterior_exact and model_log_px_exact (their identity, eq 1.6, holds
@@ -324,9 +324,9 @@ def eval_extras(model: VAE, x) -> dict[str, float]:
     The quadrature decodes a grid of thousands of z per sample, so it covers the whole test
     set only up to QUADRATURE_MAX_SAMPLES rows (digits: 359); a larger test set gets the mean
     over that many evenly spaced rows, with its standard error (log_px_quadrature_se; the
-    number of rows used is log_px_quadrature_n either way)."""
+    number of rows used is log_px_quadrature_n either way). quadrature=False leaves it out."""
     out: dict[str, float] = {}
-    if model.latent_dim <= 2:
+    if quadrature and model.latent_dim <= 2:
         n = len(x)
         rows = np.unique(np.linspace(0, n - 1, min(n, QUADRATURE_MAX_SAMPLES)).round().astype(np.int64))
         chunks = [torch.as_tensor(rows[i:i + 100]) for i in range(0, len(rows), 100)]

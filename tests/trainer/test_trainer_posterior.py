@@ -146,6 +146,8 @@ def test_eval_json_reports_quadrature_and_exact_keys(cli, digits_run, linear_run
     assert abs(out["log_px_quadrature"] - out["log_px"]) < 0.1, out
     assert out["log_px_quadrature_n"] == out["n"] and "log_px_quadrature_se" not in out  # the whole test set
     assert "elbo_exact" not in out  # an MLP on digits has no closed forms
+    r = cli("eval", digits_run, "--json", "--k", "10", "--threads", "1", "--no-quadrature")
+    assert r.status == 0 and "log_px_quadrature" not in json.loads(r.stdout), r.stderr
 
     for run_dir, d in ((linear_run, 2), (linear_gaussian_run, 4)):
         r = cli("eval", run_dir, "--json", "--k", "200", "--threads", "1")
