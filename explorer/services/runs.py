@@ -27,7 +27,7 @@ import torch
 from trainer import Run, RunConfig, TrainerError, evaluate_run, load_run
 from trainer.fileio import atomic_write_json
 from trainer.likelihoods import LIKELIHOODS
-from trainer.runs import read_metrics
+from trainer.runs import load_config, read_data_info, read_metrics
 
 from . import jobs
 from .explore import EVAL_K
@@ -58,6 +58,7 @@ class RunSummary:
     epoch: int = 0
     epochs: int = 0
     final: dict = field(default_factory=dict)  # test_elbo, test_recon, test_kl, sigma_dec, active_units
+    data_name: str = ""  # the data set's name to show (data.json: a file's own name, not its path)
 
     @property
     def trained(self) -> bool:
@@ -95,8 +96,6 @@ def summarize(path: Path) -> RunSummary:
     path = Path(path)
     s = RunSummary(path.name, path, "unknown")
     try:
-        from trainer.runs import load_config
-
         s.config = load_config(path)
     except TrainerError as e:
         job = jobs.read_job(path)
@@ -123,7 +122,21 @@ def summarize(path: Path) -> RunSummary:
                                              "sigma_dec", "active_units")}
     if not s.epochs and s.config is not None:
         s.epochs = s.config.train.epochs
+    s.data_name = data_name(path, s.config)
     return s
+
+
+def data_name(path: Path, config: RunConfig | None) -> str:
+    """The name the run's data is shown by: data.json's (the file's own name), else the spec
+    with a path cut to its last part (runs trained before names were kept)."""
+    try:
+        name = read_data_info(path).get("name", "")
+    except TrainerError:
+        name = ""
+    if name or config is None:
+        return name
+    spec, _, options = config.data.partition(":")
+    return Path(spec).name + (f":{options}" if options else "")
 
 
 def checkpoint_mtime(path: Path) -> float:
@@ -294,21 +307,21 @@ def table_row(s: RunSummary, evaluation: dict | None = None) -> dict:
         else:
             sigma = f"{float(c.model.sigma_dec):g}"
     ev = evaluation or {}
-    return {
+    return {  # the results first, so that they are in view without scrolling; then the settings
         "run": s.name,
         "state": s.state,
-        "data": c.data if c else "",
-        "arch": c.model.arch if c else "",
-        "latent d": c.model.latent_dim if c else None,
-        "likelihood": c.model.likelihood if c else "",
-        "sigma_dec": sigma,
-        "beta": c.train.beta if c else None,
-        "seed": c.train.seed if c else None,
-        "epochs": f"{s.epoch}/{s.epochs}",
+        "data": s.data_name,
         "test ELBO": fmt(ev.get("elbo", s.final.get("test_elbo"))),
         "recon": fmt(ev.get("recon", s.final.get("test_recon"))),
         "KL": fmt(ev.get("kl", s.final.get("test_kl"))),
         "log p(x)": log_px_text(ev) if evaluation is not None else "",
         "active units": s.final.get("active_units") if s.final.get("active_units") is not None else "",
+        "epochs": f"{s.epoch}/{s.epochs}",
+        "latent d": c.model.latent_dim if c else None,
+        "arch": c.model.arch if c else "",
+        "likelihood": c.model.likelihood if c else "",
+        "sigma_dec": sigma,
+        "beta": c.train.beta if c else None,
+        "seed": c.train.seed if c else None,
         "message": s.message,
     }

@@ -338,14 +338,32 @@ def image_bytes(page, img) -> bytes:
 
 
 def table_rows(element) -> list[dict[str, str]]:
-    """The rows of an st.dataframe as the grid's accessible table gives them: column -> text."""
-    return element.locator("table").first.evaluate("""t => {
-        const head = {};
-        t.querySelectorAll('thead th').forEach(th => head[th.getAttribute('aria-colindex')] = th.textContent.trim());
-        return Array.from(t.querySelectorAll('tbody tr')).map(tr => Object.fromEntries(
-            Array.from(tr.querySelectorAll('td')).map(td => [head[td.getAttribute('aria-colindex')],
-                                                             td.textContent.trim()])));
-    }""")
+    """The rows of an st.dataframe as the grid's accessible table gives them: column -> text.
+    The grid draws only the columns in view, so it is scrolled across and the parts joined."""
+    table, scroller = element.locator("table").first, element.locator(".dvn-scroller").first
+    heads_js = "t => Array.from(t.querySelectorAll('thead th')).map(th => th.textContent.trim())"
+    rows: dict[str, dict[str, str]] = {}
+    for _ in range(50):
+        part = table.evaluate("""t => {
+            const head = {};
+            t.querySelectorAll('thead th').forEach(th => head[th.getAttribute('aria-colindex')] = th.textContent.trim());
+            return Array.from(t.querySelectorAll('tbody tr')).map(tr => [tr.getAttribute('aria-rowindex'),
+                Object.fromEntries(Array.from(tr.querySelectorAll('td')).map(td =>
+                    [head[td.getAttribute('aria-colindex')], td.textContent.trim()]))]);
+        }""")
+        for index, cells in part:
+            rows.setdefault(index, {}).update(cells)
+        heads = table.evaluate(heads_js)
+        at_end = scroller.evaluate("""s => { const before = s.scrollLeft; s.scrollLeft += s.clientWidth / 2;
+                                             return s.scrollLeft === before; }""")
+        if at_end:
+            break
+        for _ in range(40):  # until the grid has drawn the columns now in view
+            element.page.wait_for_timeout(50)
+            if table.evaluate(heads_js) != heads:
+                break
+    scroller.evaluate("s => { s.scrollLeft = 0; }")
+    return [rows[i] for i in sorted(rows, key=int)]
 
 
 def metrics(scope) -> dict[str, float]:

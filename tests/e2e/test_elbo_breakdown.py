@@ -98,6 +98,7 @@ def test_runs_table_agrees_with_trainer_eval(page, app, trained_run, reference):
         if row.get("log p(x)") or time.monotonic() > deadline:
             break
         page.wait_for_timeout(500)
-    assert row["state"] == "done"
+    assert row.get("state") == "done", row
+    assert "log p(x)" in row, f"the table's columns in view: {list(row)}"
     for column, term in (("test ELBO", "elbo"), ("recon", "recon"), ("KL", "kl"), ("log p(x)", "log_px")):
         assert close(float(row[column]), term, reference), (column, row[column], reference[term])

@@ -199,6 +199,7 @@ def test_list_and_summarize_runs(runs_dir):
     row = run_service.table_row(s, {"elbo": 1.0, "recon": 2.0, "kl": 1.0, "log_px": 1.5})
     assert (row["test ELBO"], row["log p(x)"], row["epochs"]) == ("1.00", "1.50", f"{trained_epochs}/{trained_epochs}")
     assert row["sigma_dec"].startswith("learned ")
+    assert row["data"] == "digits"  # the data set's name (data.json), not a path
     assert run_service.list_runs(runs_dir / "missing") == []
 
 
