@@ -427,7 +427,9 @@ def evaluate_run(run: Run, split: str = "test", k: int = 1000, mc_samples: int =
     # form) and whether the means can be shown as numbers (None, or "unreliable: why")
     out.update(ev.standard_errors())
     out["draws"] = {"recon": mc_samples, "elbo": mc_samples, "kl": 0, "log_px": k}
-    out["reliability"] = reliability(out["log_px"], out["elbo"], out["gap_se"])
+    out["posteriors_unresolved"] = ev.unresolved_posteriors  # samples whose q(z|x) float32 cannot resolve
+    out["reliability"] = reliability(out["log_px"], out["elbo"], out["gap_se"],
+                                     unresolved=(out["posteriors_unresolved"], ev.n))
     out["active_units"] = ev.active_units
     out["kl_per_dim"] = ev.kl_per_dim_mean()
     if run.model.likelihood.has_sigma_dec:

@@ -121,6 +121,8 @@ class Evaluation:
     mu_sq_sum: torch.Tensor  # (d,) sum of their squares: with mu_sum, the variance of E_q[z_j]
     per_sample: dict[str, torch.Tensor] | None = None  # (N, ...) CPU tensors, when asked for
     sq_sums: torch.Tensor | None = None  # (len(keys),) sum over samples of each term's square
+    unresolved: torch.Tensor | None = None  # (1,) samples whose q(z|x) is narrower than float32
+    #                                         resolves at its mean (unresolved_posterior)
 
     def means(self) -> dict[str, float]:
         """Per-sample means of the summed terms, nats."""
@@ -157,10 +159,15 @@ class Evaluation:
     def reduced(self, all_reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> "Evaluation":
         """The evaluation of all shares: every sum passed through `all_reduce_sum` at once
         (trainer.distributed sums a tensor over the processes)."""
-        parts = (self.sums, self.sq_sums, self.kl_per_dim, self.mu_sum, self.mu_sq_sum)
+        parts = (self.sums, self.sq_sums, self.kl_per_dim, self.mu_sum, self.mu_sq_sum, self.unresolved)
         flat = all_reduce_sum(torch.cat(parts))
-        sums, sq, kl, s1, s2 = flat.split([len(p) for p in parts])
-        return Evaluation(self.n, self.keys, sums, kl, s1, s2, self.per_sample, sq)
+        sums, sq, kl, s1, s2, unresolved = flat.split([len(p) for p in parts])
+        return Evaluation(self.n, self.keys, sums, kl, s1, s2, self.per_sample, sq, unresolved)
+
+    @property
+    def unresolved_posteriors(self) -> int:
+        """How many samples' posteriors float32 cannot resolve (their figures are rounding noise)."""
+        return int(self.unresolved.sum()) if self.unresolved is not None else 0
 
 
 @torch.no_grad()
@@ -189,6 +196,7 @@ def evaluate(model: VAE, x, mc_samples: int = 1, seed: int = 0, batch_size: int 
     sums = torch.zeros(len(keys), dtype=torch.float64, device=device)
     sq_sums = torch.zeros(len(keys), dtype=torch.float64, device=device)
     kl_per_dim, mu_sum, mu_sq_sum = (torch.zeros(d, dtype=torch.float64, device=device) for _ in range(3))
+    unresolved = torch.zeros(1, dtype=torch.float64, device=device)
     kept: list[dict[str, torch.Tensor]] = []
     was_training = model.training
     model.eval()
@@ -214,12 +222,13 @@ def evaluate(model: VAE, x, mc_samples: int = 1, seed: int = 0, batch_size: int 
         kl_per_dim += t["kl_per_dim"].double().sum(0)
         mu_sum += mu.sum(0)
         mu_sq_sum += mu.pow(2).sum(0)
+        unresolved += unresolved_posterior(t["mu"], t["logvar"]).sum()
         if keep_per_sample:
             kept.append({key: t[key].cpu() for key in (*TERMS, "kl_per_dim", "mu", "logvar",
                                                          *(("log_px", "log_px_se", "gap") if k else ()))})
     model.train(was_training)
     per_sample = {key: torch.cat([b[key] for b in kept]) for key in kept[0]} if kept else None
-    return Evaluation(len(x), keys, sums, kl_per_dim, mu_sum, mu_sq_sum, per_sample, sq_sums)
+    return Evaluation(len(x), keys, sums, kl_per_dim, mu_sum, mu_sq_sum, per_sample, sq_sums, unresolved)
 
 
 # -- whether a figure can be shown as a number ----------------------------------------------
@@ -228,8 +237,18 @@ NOISE_SE = 3.0  # a bound broken by more than this many standard errors is not n
 POSTERIOR_RESOLUTION = 2.0**-20  # sigma below this fraction of |mu| (8 float32 steps): z is rounding noise
 
 
+def unresolved_posterior(mu, logvar) -> torch.Tensor:
+    """(N,) bool for mu, logvar (N, d) (or (d,): a 0-d answer): some dimension of q(z|x) has
+    sigma < POSTERIOR_RESOLUTION * |mu|, so z = mu + sigma * eps rounds to mu in float32 and
+    every Monte Carlo figure of the sample is rounding noise."""
+    mu_t = torch.as_tensor(mu, dtype=torch.float64)
+    std = torch.exp(0.5 * torch.as_tensor(logvar, dtype=torch.float64, device=mu_t.device)).expand_as(mu_t)
+    return (std < POSTERIOR_RESOLUTION * mu_t.abs()).any(-1)
+
+
 def reliability(log_px: float | None, elbo: float | None, gap_se: float | None = None, *,
-                log_px_se: float = 0.0, elbo_se: float = 0.0, mu=None, logvar=None) -> str | None:
+                log_px_se: float = 0.0, elbo_se: float = 0.0, mu=None, logvar=None,
+                unresolved: tuple[int, int] = (0, 0)) -> str | None:
     """None when a VAE's figures can be shown as numbers, else "unreliable: <why>" (one line).
 
     For one sample's figures or for means over a split, nats: `log_px` (importance-sampled
@@ -239,8 +258,9 @@ def reliability(log_px: float | None, elbo: float | None, gap_se: float | None =
     sqrt(log_px_se^2 + elbo_se^2) (0 when neither is known: one draw of z, so any negative
     gap is flagged). `mu`, `logvar` (array-likes (d,) or (N, d), optional): q(z|x); a
     posterior sigma below POSTERIOR_RESOLUTION * |mu| leaves its samples, and so every
-    Monte Carlo figure, to float32 rounding. Checked in this order; the first problem found
-    is the reason given."""
+    Monte Carlo figure, to float32 rounding; for means over a split, `unresolved` = (count, n)
+    says how many of its n samples have such a posterior (Evaluation.unresolved_posteriors).
+    Checked in this order; the first problem found is the reason given."""
     for name, value in (("log p(x)", log_px), ("the ELBO", elbo)):
         if value is not None and not math.isfinite(value):
             kind = "NaN" if math.isnan(value) else "infinite"
@@ -255,6 +275,11 @@ def reliability(log_px: float | None, elbo: float | None, gap_se: float | None =
             return (f"unreliable: the posterior's standard deviation ({float(std.flatten()[i]):.1e}) is below "
                     f"float32's resolution at its mean ({float(mu_t.flatten()[i]):.3g}), so its samples are "
                     "rounding noise: train on standardised data (fit --standardize)")
+    count, n = unresolved
+    if count:
+        return (f"unreliable: {count} of {n} samples have a posterior whose standard deviation is below "
+                "float32's resolution at its mean, so their samples of z are rounding noise: train on "
+                "standardised data (fit --standardize)")
     if log_px is not None and elbo is not None:
         gap = log_px - elbo
         se = gap_se if gap_se is not None and math.isfinite(gap_se) else math.hypot(log_px_se, elbo_se)

@@ -292,13 +292,15 @@ def traversals(run: Run, dims: list[int], steps: int = 9, span: float = 3.0) -> 
 
 def sample_breakdown(run: Run, x: np.ndarray, mc_samples: int = 100, k: int = 1000, seed: int = 0) -> dict:
     """Fig 1.4 for one sample: recon, kl, elbo (M = mc_samples), the importance-sampled
-    log p(x) (K = k) and the gap log p(x) - ELBO, an estimate of KL(q(z|x) || p(z|x))."""
+    log p(x) (K = k) and the gap log p(x) - ELBO, an estimate of KL(q(z|x) || p(z|x)), with
+    q(z|x)'s mu and logvar (a posterior narrower than float32 resolves makes them unreliable)."""
     x = torch.as_tensor(np.asarray(x, dtype=np.float32))[None]
     t = run.elbo_terms(x, mc_samples=mc_samples, seed=seed)
     log_px = float(run.log_px(x, k=k, seed=seed + 1)[0])
     out = {"recon": float(t["recon"][0]), "kl": float(t["kl"][0]), "elbo": float(t["elbo"][0]), "log_px": log_px}
     out["gap"] = out["log_px"] - out["elbo"]
     out["mc_samples"], out["k"] = mc_samples, k
+    out["mu"], out["logvar"] = t["mu"][0].tolist(), t["logvar"][0].tolist()  # q(z|x): (d,) each
     out.update(breakdown_standard_errors(run, x, mc_samples, k, seed))
     return out
 

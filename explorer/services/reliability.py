@@ -5,7 +5,10 @@ An estimate is shown as "unreliable: <why>" instead of as a number when
   - the gap log p(x) - ELBO, which is KL(q(z|x) || p(z|x)) >= 0 (eq 1.6), is negative by
     more than 3 standard errors: both are Monte Carlo estimates, so a small negative gap is
     noise, a large one means the estimates failed (e.g. posterior variances collapsed to
-    ~0, where importance sampling has no spread to work with).
+    ~0, where importance sampling has no spread to work with), or
+  - a posterior q(z|x) is narrower than float32 resolves at its mean (the sample's `mu` and
+    `logvar`, or a split's count `posteriors_unresolved` of its `n` samples): its draws of z
+    are rounding noise.
 Without a standard error any negative gap is unreliable: nothing tells noise from failure.
 
 Standard errors are read from the figures' own `<name>_se` keys (`gap_se`, or `log_px_se`
@@ -42,12 +45,15 @@ def gap_se(figures: dict) -> float | None:
 def reliability(figures: dict, names: tuple[str, ...] = ("elbo", "recon", "kl", "log_px")) -> str | None:
     """None when the figures can be shown; else one line saying why not (without the
     "unreliable: " prefix, which the caller shows). `figures` holds per-sample means in nats
-    (elbo, recon, kl, log_px, optionally gap and *_se); only the names present are checked."""
+    (elbo, recon, kl, log_px, optionally gap, *_se, and q(z|x)'s mu and logvar); only the names
+    present are checked."""
     for name in names:
         if name in figures and not finite(figures[name]):
             return f"{LABELS.get(name, name)} is not finite (the model's numbers overflowed: " \
                    "retrain with standardised data or a lower learning rate)"
     if not (finite(figures.get("log_px")) and finite(figures.get("elbo"))):
         return None
-    why = trainer_reliability(float(figures["log_px"]), float(figures["elbo"]), gap_se(figures))
+    why = trainer_reliability(float(figures["log_px"]), float(figures["elbo"]), gap_se(figures),
+                              mu=figures.get("mu"), logvar=figures.get("logvar"),
+                              unresolved=(int(figures.get("posteriors_unresolved") or 0), int(figures.get("n") or 0)))
     return why[len(PREFIX):] if why and why.startswith(PREFIX) else why

@@ -10,7 +10,7 @@ import math
 import torch
 from torch.distributions import Independent, Normal
 
-from trainer import load_run
+from trainer import evaluate_run, load_run
 from trainer.elbo import elbo_terms, log_px_and_se, reliability
 from trainer.model import build_model
 from trainer.config import ModelConfig
@@ -123,6 +123,10 @@ def test_the_degenerate_case_gives_finite_figures_and_says_what_is_unreliable(ta
                 for i in range(len(x))]
     flagged = [v for v in verdicts if v is not None]
     assert flagged and all(v.startswith("unreliable: the posterior's standard deviation") for v in flagged)
+    # eval's test-set means count those samples and say so rather than give a number to trust
+    ev = evaluate_run(run, "test", k=100)
+    assert ev["posteriors_unresolved"] == len(flagged), (ev["posteriors_unresolved"], len(flagged))
+    assert ev["reliability"].startswith(f"unreliable: {len(flagged)} of {len(x)} samples have a posterior"), ev
     # the same table standardised (the default): no posterior is too narrow, and the means
     # are believable
     ok = load_run(table_runs["wine"])
@@ -134,3 +138,5 @@ def test_the_degenerate_case_gives_finite_figures_and_says_what_is_unreliable(ta
     assert not any(v and "posterior" in v for v in verdicts)
     gap = lp - t["elbo"].double()
     assert reliability(float(lp.mean()), float(t["elbo"].mean()), float(gap.std() / math.sqrt(len(x)))) is None
+    ev = evaluate_run(ok, "test", k=100)
+    assert ev["posteriors_unresolved"] == 0 and ev["reliability"] is None, ev
