@@ -135,9 +135,13 @@ def save_upload(root: Path, files: list[tuple[str, bytes]]) -> UploadedData:
     for name, entry in index.items():
         if entry.get("sha256") == digest:
             try:
-                return _describe(folder / name, reused=True)
+                described = _describe(folder / name, reused=True)
             except Exception:  # noqa: BLE001 - a damaged stored copy is stored again below
                 break
+            if not entry.get("shared"):  # uploaded again (by another session, perhaps): keep it
+                index[name] = {**entry, "shared": True}
+                _write_index(folder, index)
+            return described
     total = sum(len(data) for _, data in files)
     if total > MAX_UPLOAD_MB * 1024 * 1024:
         raise TrainerError(f"the upload is {total / 2**20:.0f} MB; the limit is {MAX_UPLOAD_MB} MB")
@@ -229,6 +233,19 @@ def delete_upload(root: Path, name: str) -> None:
     if name in index:
         del index[name]
         _write_index(folder, index)
+
+
+def discard_replaced(root: Path, name: str) -> bool:
+    """A session's upload `name`, replaced by its next upload: deleted unless it was uploaded
+    again since it was saved (the same content from another session, which may be about to
+    train on it) or a run uses it. True if it was deleted."""
+    if _read_index(Path(root) / UPLOADS).get(name, {}).get("shared"):
+        return False
+    try:
+        delete_upload(root, name)
+    except TrainerError:
+        return False  # a run uses it by now, or it is gone: keep it as it is
+    return True
 
 
 def list_uploads(root: Path) -> list[Path]:

@@ -29,7 +29,7 @@ def data_choices(root) -> dict[str, str]:
 
 def _handle_upload(root) -> None:
     """The uploader changed: check and save what it holds now as one data set. It replaces the
-    data set this session uploaded before (if no run uses it); removing the file clears the
+    data set this session uploaded before (if no run and no other upload uses it); removing the file clears the
     message about it."""
     files = st.session_state.get("upload_files") or []
     if not files:
@@ -42,10 +42,7 @@ def _handle_upload(root) -> None:
         return
     pending = st.session_state.get("_pending_upload")
     if pending and pending != saved.name:
-        try:
-            uploads.delete_upload(root, pending)  # replaced by the new one
-        except TrainerError:
-            pass  # a run uses it by now, or it is gone: keep it as it is
+        uploads.discard_replaced(root, pending)  # replaced by the new one (kept if others use it)
     st.session_state["_pending_upload"] = None if saved.reused else saved.name
     st.session_state["_upload_result"] = (
         "ok", ("Already stored as " if saved.reused else "Saved ") + f"{saved.name}: {saved.n_samples} samples of "

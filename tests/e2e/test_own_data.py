@@ -198,41 +198,52 @@ def test_uploads_a_person_can_manage(server, tab):
     assert listed.count() == 1
     assert page.get_by_text(f"table.csv · {size / 1024:.1f} kB").count() == 1
 
-    # the same file again, in a new session: stored once
+    # the same file again, in a new session: stored once; while that session holds it, this
+    # session's next upload does not take it away
     context2, second = new_page(page.context.browser)
     try:
         open_view(second, server, "train", "Train")
         upload(second, [table_v1])
         alert(second, "Success", "Already stored as table.csv").wait_for()
         assert stored(server) == ["table.csv"]
+
+        page.get_by_role("button", name="Remove table.csv").click()
+        harness.wait_idle(page)
+        upload(page, [csv_file("other.csv", 3)])
+        alert(page, "Success", "Saved other.csv").wait_for()
+        harness.wait_idle(page)
+        assert stored(server) == ["other.csv", "table.csv"], "another session's upload was deleted"
+        # neither session shows the other's upload or message
+        assert alert(second, "Success", "other.csv").count() == 0
+        assert alert(page, "Success", "Already stored as table.csv").count() == 0
     finally:
         context2.close()
 
     # another file replaces this session's pending upload: still one data set
-    page.get_by_role("button", name="Remove table.csv").click()
+    page.get_by_role("button", name="Remove other.csv").click()
     harness.wait_idle(page)
-    upload(page, [csv_file("other.csv", 3)])
-    alert(page, "Success", "Saved other.csv").wait_for()
+    upload(page, [csv_file("third.csv", 4)])
+    alert(page, "Success", "Saved third.csv").wait_for()
     harness.wait_idle(page)
-    assert stored(server) == ["other.csv"], "table.csv, this session's pending upload, was not replaced"
+    assert stored(server) == ["table.csv", "third.csv"], "other.csv, this session's pending upload, was not replaced"
 
     # Delete refused while a run uses the upload, then allowed once the run is gone
-    upload_path = server.runs_dir / "uploads" / "other.csv"
+    upload_path = server.runs_dir / "uploads" / "third.csv"
     run = server.runs_dir / "on-other"
     shutil.copytree(server.runs_dir / "c", run, ignore=shutil.ignore_patterns(".lock", "log_px.json"))
     cfg = json.loads((run / "config.json").read_text())
     cfg["data"] = str(upload_path)
     (run / "config.json").write_text(json.dumps(cfg))
     open_view(page, server, "train", "Train")
-    harness.keyed(page, "delete_upload_other_csv").locator("button").click()
+    harness.keyed(page, "delete_upload_third_csv").locator("button").click()
     refused = alert(page, "Error", "Not deleted")
     refused.wait_for()
     assert "on-other" in refused.inner_text() and upload_path.exists()
     shutil.rmtree(run)
-    harness.keyed(page, "delete_upload_other_csv").locator("button").click()
-    alert(page, "Success", "Deleted the upload other.csv").wait_for()
+    harness.keyed(page, "delete_upload_third_csv").locator("button").click()
+    alert(page, "Success", "Deleted the upload third.csv").wait_for()
     assert not upload_path.exists()
-    assert "other.csv" not in stored(server)
+    assert "third.csv" not in stored(server)
     harness.assert_no_traceback(page)
 
 

@@ -52,6 +52,19 @@ def test_the_same_content_is_stored_once(tmp_path):
     assert len(list((tmp_path / "uploads" / a.name).iterdir())) == 4
 
 
+def test_a_replaced_upload_is_kept_when_it_was_uploaded_again(tmp_path):
+    """Two students upload the same table; one replaces it with another file: the copy the
+    other one is about to train on stays. A replaced upload nobody else sent is deleted."""
+    mine = uploads.save_upload(tmp_path, [("table.csv", csv_bytes())])
+    theirs = uploads.save_upload(tmp_path, [("table.csv", csv_bytes())])
+    assert theirs.reused and theirs.spec == mine.spec
+    assert uploads.discard_replaced(tmp_path, mine.name) is False
+    assert (tmp_path / "uploads" / "table.csv").exists()
+    alone = uploads.save_upload(tmp_path, [("other.csv", csv_bytes(seed=2))])
+    assert uploads.discard_replaced(tmp_path, alone.name) is True
+    assert [p.name for p in uploads.list_uploads(tmp_path)] == ["table.csv"]
+
+
 def test_the_list_sizes_and_delete_refused_while_a_run_uses_it(tmp_path, digits_run):
     data = csv_bytes()
     saved = uploads.save_upload(tmp_path, [("table.csv", data)])
