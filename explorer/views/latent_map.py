@@ -11,7 +11,7 @@ from explorer.components import latent_map
 from explorer.services import cached, explore, inpage, jobs
 from explorer.views import common
 from trainer import snapshots
-from trainer.runs import load_config
+from trainer.runs import load_config, read_data_info
 
 MANIFOLD_N = 15  # decoded images per side of the manifold grid
 MANIFOLD_SPAN = 3.0  # the grid covers [-3, 3]^2, where the prior N(0, I) has its mass
@@ -164,6 +164,7 @@ def live_map(run_dir: str) -> None:
     epochs, mu = saved
     try:
         cfg = load_config(run_dir)
+        classes = read_data_info(run_dir).get("class_names", [])  # the label's category names (data.json)
     except Exception:  # the folder is being written: the next refresh draws it
         return
     inputs, labels, label_names = cached.live_inputs(cfg.data, cfg.train.seed, mu.shape[1])
@@ -172,7 +173,9 @@ def live_map(run_dir: str) -> None:
     values = labels[:, 0] if labels is not None and labels.shape[1] else None
     name = label_names[0] if values is not None else "none"
     points = inpage.points_payload(proj.xy, values, values is not None and explore.is_discrete(values), name,
-                                   list(charts.CATEGORY_COLORS), explore.category_names(name), (epochs, frames),
+                                   list(charts.CATEGORY_COLORS),
+                                   explore.category_names(name, class_names=classes, label_names=label_names),
+                                   (epochs, frames),
                                    int(epochs[-1]))
     latent_map.payload(inputs, key="latent_map_live_samples")
     latent_map.payload(points, key="latent_map_live_points")
@@ -202,7 +205,8 @@ def selected_sample(page: common.ExplorePage) -> None:
     st.caption("ELBO = recon - KL for this sample, nats (one Monte Carlo draw of z). "
                "The ELBO breakdown page adds log p(x) and the gap.")
     if enc.labels is not None:
-        st.caption(", ".join(f"{n} = {v:g}" for n, v in zip(enc.label_names, enc.labels[i])))
+        st.caption(", ".join(f"{n} = {(explore.category_names(n, enc) or {}).get(float(v), f'{v:g}')}"
+                             for n, v in zip(enc.label_names, enc.labels[i])))  # "target = class_1"
     st.page_link("views/elbo.py", label="ELBO breakdown of this sample", icon=":material/stacked_bar_chart:")
 
 
