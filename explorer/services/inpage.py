@@ -254,10 +254,17 @@ def viridis(n: int = 256) -> np.ndarray:
 
 
 def category_label(name: str, value: float, category_names: dict[float, str] | None = None) -> str:
-    """A category's legend entry and hover text: its name where the data has one ("class_1"),
-    else the label's name and the value ("digit 3")."""
+    """A category's legend entry: its name where the data has one ("class_1"), else the
+    label's name and the value ("digit 3")."""
     names = category_names or {}
     return names[float(value)] if float(value) in names else f"{name} {value:g}"
+
+
+def category_hover(name: str, value: float, category_names: dict[float, str] | None = None) -> str:
+    """What a hover says of a point's category: "target: class_1" (a named category), else
+    "digit 3"."""
+    names = category_names or {}
+    return f"{name}: {names[float(value)]}" if float(value) in names else f"{name} {value:g}"
 
 
 def colours(values: np.ndarray | None, discrete: bool, name: str, palette: list[str],
@@ -274,6 +281,7 @@ def colours(values: np.ndarray | None, discrete: bool, name: str, palette: list[
         rgb = lut[np.searchsorted(cats, v)]
         legend = {"kind": "categories", "name": name,
                   "items": [{"label": category_label(name, c, category_names),
+                             "hover": category_hover(name, c, category_names),
                              "color": palette[i % len(palette)]} for i, c in enumerate(cats)]}
         return rgb, legend
     lo, hi = float(np.nanmin(v)), float(np.nanmax(v))

@@ -68,6 +68,7 @@ def test_the_latent_map_names_the_label_its_classes_and_the_features(server, tab
 
     points = harness.sample_points(chart)
     caption = page.locator(".vlm-tip-sample figcaption").first
+    said = page.locator(".vlm-hover-label")
     thumb = page.locator('[aria-label="hovered sample"]')
     seen: set[int] = set()
     for _ in range(2):
@@ -75,7 +76,8 @@ def test_the_latent_map_names_the_label_its_classes_and_the_features(server, tab
         page.mouse.move(*points[i])
         thumb.wait_for(state="visible")
         row = int(np.argmin(np.abs(values - x_test[i]).sum(1)))  # the CSV's row of this sample
-        assert f"sample {i}" in caption.inner_text() and f"target: {classes[row]}" in caption.inner_text()
+        assert caption.inner_text() == f"sample {i}: x (blue), f(mu(x)) (red)"
+        assert said.inner_text() == f"target: {classes[row]}"
         seen.add(i)
     names = page.locator(".vlm-bars-names").inner_text()
     assert names == f"features: {', '.join(features[:3])}, ..., {features[-1]} ({len(features)})"

@@ -73,8 +73,8 @@ def test_the_map_payloads_name_the_label_its_categories_and_the_features(wine_ru
     assert [item["label"] for item in legend["items"]] == CLASSES
     # the hover names each point's category: the legend item of its class in the CSV
     truth = class_of_test_samples(wine_run, enc.x)
-    hovered = [legend["items"][c]["label"] for c in arrays["category"]]
-    assert hovered == [truth[i] for i in arrays["index"]]
+    hovered = [legend["items"][c]["hover"] for c in arrays["category"]]
+    assert hovered == [f"target: {truth[i]}" for i in arrays["index"]]
     # a colour scale's hover names the value
     _, meta, arrays = inpage.unpack(inpage.points_payload(enc.mu[:, :2], enc.elbo, False, "ELBO", ["#000000"]))
     assert meta["legend"]["name"] == "ELBO" and "category" not in arrays

@@ -216,6 +216,7 @@ class LatentMap {
     this.thumb = el("canvas", { class: "vlm-thumb", role: "img", "aria-label": "hovered sample" }, f1);
     this.thumbCaption = el("figcaption", {}, f1);
     this.barsCaption = el("figcaption", { class: "vlm-bars-names", hidden: "" }, f1); // non-image data: the bars' features
+    this.hoverLabel = el("figcaption", { class: "vlm-hover-label", hidden: "" }, f1); // what colours the point
     const f2 = el("figure", {}, this.hoverBox);
     this.thumbRecon = el("canvas", { class: "vlm-thumb", role: "img", "aria-label": "hovered reconstruction" }, f2);
     el("figcaption", { text: "f(mu(x))" }, f2);
@@ -548,8 +549,10 @@ class LatentMap {
     const slot = this.slot.get(i);
     const { meta, arrays } = this.samples;
     const what = this.pointLabel(k);
+    this.hoverLabel.textContent = what;
+    this.hoverLabel.hidden = !what;
     if (slot === undefined) {
-      this.thumbCaption.textContent = `sample ${i}${what} (no thumbnail: ${meta.thumbnails})`;
+      this.thumbCaption.textContent = `sample ${i} (no thumbnail: ${meta.thumbnails})`;
       return;
     }
     if (meta.is_image) {
@@ -566,15 +569,15 @@ class LatentMap {
     }
     this.barsCaption.hidden = meta.is_image;
     this.thumb.dataset.sample = String(i);
-    this.thumbCaption.textContent = (meta.is_image || !arrays.bars_recon ? `sample ${i}` : `sample ${i}: x (blue), f(mu(x)) (red)`) + what;
-    this.thumb.setAttribute("aria-description", `input of test sample ${i}${what}`);
+    this.thumbCaption.textContent = meta.is_image || !arrays.bars_recon ? `sample ${i}` : `sample ${i}: x (blue), f(mu(x)) (red)`;
+    this.thumb.setAttribute("aria-description", `input of test sample ${i}${what ? `, ${what}` : ""}`);
   }
 
   pointLabel(k) {
-    // What colours point k, for the hover: " · target: class_1", " · ELBO = -12.30", or "".
+    // What colours point k, for the hover: "target: class_1", "digit 3", "ELBO = -12.30", or "".
     const lg = this.points.meta.legend, a = this.points.arrays;
-    if (lg.kind === "categories" && a.category) return ` · ${lg.name}: ${lg.items[a.category[k]].label}`;
-    if (lg.kind === "scale" && a.value) return ` · ${lg.name} = ${a.value[k].toFixed(2)}`;
+    if (lg.kind === "categories" && a.category) return lg.items[a.category[k]].hover;
+    if (lg.kind === "scale" && a.value) return `${lg.name} = ${a.value[k].toFixed(2)}`;
     return "";
   }
 
