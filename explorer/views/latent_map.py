@@ -10,7 +10,7 @@ from explorer import charts, state
 from explorer.components import latent_map
 from explorer.services import cached, explore, inpage, jobs
 from explorer.views import common
-from trainer import snapshots
+from trainer import TrainerError, snapshots
 from trainer.runs import load_config, read_data_info
 
 MANIFOLD_N = 15  # decoded images per side of the manifold grid
@@ -56,7 +56,11 @@ def map_and_sample(page: common.ExplorePage, color_by: str, method: str, show_gr
 
 def intro(page: common.ExplorePage) -> None:
     d = page.enc.latent_dim
-    st.caption(f"Each point is one test sample x of **{page.summary.config.data}**, placed at its posterior mean "
+    try:  # the data set's own name (the file's, not its path on the server: data.json)
+        data_name = page.run.data_info.get("name") or page.summary.config.data
+    except TrainerError:
+        data_name = page.summary.config.data
+    st.caption(f"Each point is one test sample x of **{data_name}**, placed at its posterior mean "
                f"mu(x) = E[z|x] under q(z|x). Latent size d = {d}"
                + (" (drawn as is)." if d <= 2 else "; projected to the plane.")
                + " Click a point to see its input, its reconstruction and its ELBO terms.")

@@ -99,7 +99,9 @@ def test_the_latent_map_page_names_the_label_categories_and_features(wine_run, m
     bars = [s for s in plotly_specs(at) if s["data"] and s["data"][0]["type"] == "bar"]
     assert bars and all(list(trace["x"]) == features for trace in bars[0]["data"])
     x4 = load_run(wine_run).load_data().x_test[4:5].numpy()
-    assert f"target = {class_of_test_samples(wine_run, x4)[0]}" in [c.value for c in at.caption]
+    captions = [c.value for c in at.caption]
+    assert f"target = {class_of_test_samples(wine_run, x4)[0]}" in captions
+    assert any("test sample x of **wine.csv**," in c for c in captions), "the data set is named by its file"
 
 
 def test_interpolate_and_generate_name_the_features(wine_run, make_app):
