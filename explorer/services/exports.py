@@ -2,10 +2,10 @@
 
     codes_csv     the test set's codes, one row per test sample: its index, labels (each in a
                   column named as in the data, e.g. "target"; a label of names shows the name,
-                  as `python -m trainer encode` writes it), posterior
-                  mean mu_j and log-variance logvar_j of q(z|x) per latent dimension, the
-                  per-sample ELBO terms (nats, M = 1 draw of z, higher is better) and the
-                  latent map's coordinates (z itself for d <= 2, else the map's projection)
+                  as `python -m trainer encode` writes it), posterior mean mu_j and
+                  log-variance logvar_j of q(z|x) per latent dimension, the per-sample ELBO
+                  terms (nats, M = 1 draw of z, higher is better) and the latent map's
+                  coordinates (z itself for d <= 2, else the map's projection)
     figure_config plotly's config for a chart: its PNG named after the run and the view
 
 The whole run as a zip is trainer.bundle's (export_run / import_bundle), called by the Runs
