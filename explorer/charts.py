@@ -163,11 +163,12 @@ def _add_points_by_category(fig: go.Figure, xy: np.ndarray, color: np.ndarray, c
     idx = np.arange(len(xy))
     for i, value in enumerate(np.unique(color)):
         m = color == value
-        label = category_names.get(float(value), f"{value:g}")
+        label = category_names.get(float(value), f"{color_name} {value:g}")  # "class_1", else "digit 3"
         fig.add_trace(go.Scattergl(
-            x=xy[m, 0], y=xy[m, 1], mode="markers", customdata=idx[m], name=f"{color_name} {label}",
+            x=xy[m, 0], y=xy[m, 1], mode="markers", customdata=idx[m], name=label,
             marker=dict(size=6, color=CATEGORY_COLORS[i % len(CATEGORY_COLORS)], opacity=0.85),
-            hovertemplate=POINT_HOVER + f"<br>{color_name} {label}<extra></extra>"))
+            hovertemplate=POINT_HOVER + f"<br>{color_name}: {label}<extra></extra>"))
+    fig.update_layout(legend_title_text=color_name)  # the label's name, e.g. "target"
 
 
 def _add_points_by_value(fig: go.Figure, xy: np.ndarray, color: np.ndarray, color_name: str) -> None:
@@ -317,8 +318,10 @@ def mark_t(fig: go.Figure, t: float) -> go.Figure:
 
 # -- data that are not images -----------------------------------------------------------------
 
-def data_scatter(data: np.ndarray, points: dict[str, np.ndarray], title: str) -> go.Figure:
-    """2-D data (N, 2) in grey with named point sets {name: (M, 2)} on top."""
+def data_scatter(data: np.ndarray, points: dict[str, np.ndarray], title: str,
+                 feature_names: list[str] | None = None) -> go.Figure:
+    """2-D data (N, 2) in grey with named point sets {name: (M, 2)} on top; the axes named by
+    feature_names (2 names; else x1, x2)."""
     data = np.asarray(data, dtype=float).reshape(len(data), -1)
     fig = go.Figure(go.Scattergl(x=data[:, 0], y=data[:, 1], mode="markers", name="test data",
                                  marker=dict(size=4, color=INACTIVE_COLOR)))
@@ -326,19 +329,24 @@ def data_scatter(data: np.ndarray, points: dict[str, np.ndarray], title: str) ->
         p = np.asarray(p, dtype=float).reshape(len(p), -1)
         fig.add_trace(go.Scatter(x=p[:, 0], y=p[:, 1], mode="markers", name=name,
                                  marker=dict(size=9, color=CATEGORY_COLORS[i % len(CATEGORY_COLORS)])))
-    fig.update_xaxes(title="x1")
-    fig.update_yaxes(title="x2", scaleanchor="x", scaleratio=1)
+    names = list(feature_names) if feature_names is not None and len(feature_names) == 2 else ["x1", "x2"]
+    fig.update_xaxes(title=names[0])
+    fig.update_yaxes(title=names[1], scaleanchor="x", scaleratio=1)
     return _layout(fig, title)
 
 
-def vector_bars(vectors: dict[str, np.ndarray], title: str) -> go.Figure:
-    """Vectors (D,) side by side per coordinate, e.g. an input and its reconstruction."""
+def vector_bars(vectors: dict[str, np.ndarray], title: str, feature_names: list[str] | None = None) -> go.Figure:
+    """Vectors (D,) side by side per coordinate, e.g. an input and its reconstruction; each
+    coordinate named by feature_names (D names; else x1..xD)."""
     fig = go.Figure()
     for i, (name, v) in enumerate(vectors.items()):
         v = np.asarray(v, dtype=float).ravel()
-        fig.add_trace(go.Bar(x=[f"x{j + 1}" for j in range(len(v))], y=v, name=name,
-                             marker_color=CATEGORY_COLORS[i % len(CATEGORY_COLORS)]))
+        x = list(feature_names) if feature_names is not None and len(feature_names) == len(v) else \
+            [f"x{j + 1}" for j in range(len(v))]
+        fig.add_trace(go.Bar(x=x, y=v, name=name, marker_color=CATEGORY_COLORS[i % len(CATEGORY_COLORS)],
+                             hovertemplate=f"{name}<br>%{{x}} = %{{y:.4g}}<extra></extra>"))
     fig.update_layout(barmode="group")
+    fig.update_xaxes(type="category")  # names as they are (a column named "1" stays a name)
     fig.update_yaxes(title="value (data units)")
     return _layout(fig, title, height=300)
 

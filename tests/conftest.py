@@ -26,3 +26,25 @@ def digits_run(tmp_path_factory) -> Path:
     cfg.train.epochs, cfg.train.threads = 10, 1
     fit(cfg, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def wine_run(tmp_path_factory) -> Path:
+    """scikit-learn's wine data as a user's CSV: 13 columns under their own names and a label
+    column `target` holding the class names (class_0, class_1, class_2); and a small run on
+    it (the defaults but 10 epochs, one thread; 2-D latent) in a runs folder of its own. The
+    CSV is the run's data spec (config.json "data")."""
+    from sklearn.datasets import load_wine
+
+    from trainer import RunConfig, fit
+
+    wine = load_wine(as_frame=True)
+    frame = wine.frame.copy()
+    frame["target"] = [str(wine.target_names[t]) for t in wine.target]
+    folder = tmp_path_factory.mktemp("wine")
+    frame.to_csv(folder / "wine.csv", index=False)
+    out = folder / "runs" / "wine-names"
+    cfg = RunConfig(data=str(folder / "wine.csv"))
+    cfg.train.epochs, cfg.train.threads = 10, 1
+    fit(cfg, out)
+    return out

@@ -149,7 +149,7 @@ def map_points(ckpt: Checkpoint, method: str, color_by: str, palette: tuple[str,
         frames = (saved[0], places)
     status = ckpt.run().status or {}
     return inpage.points_payload(proj.xy, values, discrete, color_by, list(palette),
-                                 explore.category_names(color_by), frames, status.get("epoch"))
+                                 explore.category_names(color_by, enc), frames, status.get("epoch"))
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
@@ -164,4 +164,4 @@ def live_inputs(data: str, seed: int, n: int) -> tuple[bytes, np.ndarray | None,
     x = ds.x_test[0:n]
     x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     labels = None if ds.y_test is None else np.asarray(ds.y_test)[:n]
-    return inpage.inputs_payload(x, ds.is_image), labels, list(ds.label_names)
+    return inpage.inputs_payload(x, ds.is_image, list(ds.feature_names)), labels, list(ds.label_names)

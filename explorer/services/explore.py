@@ -11,7 +11,7 @@ numbers are per sample, in nats, with the sign of a log-likelihood (higher is be
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -41,6 +41,8 @@ class Encoded:
     label_names: list[str]  # F names
     is_image: bool
     active_dims: np.ndarray  # (d,) bool: the trainer's active units (Cov_x(E_q[z_j]) > 0.01)
+    feature_names: list[str] = field(default_factory=list)  # D names of x's values (non-image data), else []
+    class_names: list[str] = field(default_factory=list)  # the first label's category names (y == i), else []
 
     @property
     def n(self) -> int:
@@ -58,7 +60,15 @@ def encode_test(run: Run, batch_size: int = 1000) -> Encoded:
     ev = evaluate(run.model, data.x_test, mc_samples=1, seed=0, batch_size=batch_size, keep_per_sample=True)
     t = {k: v.numpy() for k, v in ev.per_sample.items()}
     return Encoded(data.x_test.numpy(), t["mu"], t["logvar"], t["recon"], t["kl"], t["elbo"], t["kl_per_dim"],
-                   data.y_test, list(data.label_names), data.is_image, ev.active_dims().numpy())
+                   data.y_test, list(data.label_names), data.is_image, ev.active_dims().numpy(),
+                   list(data.feature_names), list(data.class_names))
+
+
+def feature_names(enc: Encoded) -> list[str]:
+    """The names of x's D values: the file's column names where the data set keeps them
+    (trainer.data.Dataset.feature_names), else x1..xD."""
+    d = int(np.prod(enc.x.shape[1:]))
+    return list(enc.feature_names) if len(enc.feature_names) == d else [f"x{j + 1}" for j in range(d)]
 
 
 def is_discrete(values: np.ndarray) -> bool:
@@ -83,7 +93,8 @@ def color_values(enc: Encoded, option: str) -> tuple[np.ndarray | None, bool]:
         return None, False
     if enc.labels is not None and option in enc.label_names:
         v = enc.labels[:, enc.label_names.index(option)]
-        return v, is_discrete(v)
+        named = bool(enc.class_names) and option == enc.label_names[0]  # a label of names is a category
+        return v, named or is_discrete(v)
     terms = {"ELBO": enc.elbo, "recon": enc.recon, "KL": enc.kl}
     if option in terms:
         return terms[option], False
@@ -92,8 +103,17 @@ def color_values(enc: Encoded, option: str) -> tuple[np.ndarray | None, bool]:
     raise ValueError(f"unknown colour option {option!r}")
 
 
-def category_names(option: str) -> dict[float, str] | None:
-    """Readable names for known categorical labels (the shapes data set's shape factor)."""
+def category_names(option: str, enc: Encoded | None = None,
+                   class_names: list[str] | None = None, label_names: list[str] | None = None
+                   ) -> dict[float, str] | None:
+    """Readable names of a categorical label's values {value: name}: the file's own for its
+    first label (y == i is class_names[i]: a CSV column of names, an .npz's class_names, the
+    subfolders of an image folder), from `enc` or given as class_names and label_names; else
+    the shapes data set's shape factor; else None."""
+    if enc is not None:
+        class_names, label_names = enc.class_names, enc.label_names
+    if class_names and label_names and option == label_names[0]:
+        return {float(i): str(n) for i, n in enumerate(class_names)}
     if option == "shape":
         from trainer.data import SHAPE_NAMES
 

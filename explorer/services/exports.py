@@ -1,9 +1,11 @@
 """Results out: what the app's download buttons hand over, as bytes (no streamlit here).
 
-    codes_csv     the test set's codes, one row per test sample: its index, labels, posterior
-                  mean mu_j and log-variance logvar_j of q(z|x) per latent dimension, the
-                  per-sample ELBO terms (nats, M = 1 draw of z, higher is better) and the
-                  latent map's coordinates (z itself for d <= 2, else the map's projection)
+    codes_csv     the test set's codes, one row per test sample: its index, labels (each in a
+                  column named as in the data, e.g. "target"; a label of names shows the name,
+                  as `python -m trainer encode` writes it), posterior mean mu_j and
+                  log-variance logvar_j of q(z|x) per latent dimension, the per-sample ELBO
+                  terms (nats, M = 1 draw of z, higher is better) and the latent map's
+                  coordinates (z itself for d <= 2, else the map's projection)
     figure_config plotly's config for a chart: its PNG named after the run and the view
 
 The whole run as a zip is trainer.bundle's (export_run / import_bundle), called by the Runs
@@ -31,8 +33,11 @@ def codes_csv(enc: Encoded, projection: Projection) -> bytes:
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     w.writerow(header)
+    classes = list(enc.class_names)  # the first label's category names: y == k is classes[k]
     for i in range(enc.n):
         lab = [_num(v) for v in enc.labels[i]] if labels else []
+        if lab and classes and float(enc.labels[i, 0]).is_integer() and 0 <= int(enc.labels[i, 0]) < len(classes):
+            lab[0] = classes[int(enc.labels[i, 0])]
         w.writerow([i, *lab, *map(_num, enc.mu[i]), *map(_num, enc.logvar[i]), _num(enc.recon[i]), _num(enc.kl[i]),
                     _num(enc.elbo[i]), *map(_num, projection.xy[i][:2])])
     return out.getvalue().encode("utf-8")

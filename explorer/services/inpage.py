@@ -7,6 +7,7 @@ Two payloads, each one binary blob (`pack`), sent once and kept by the page:
         atlas_x, atlas_recon  (n, H, W, C) uint8  the inputs and their reconstructions
                               f(mu(x)) as thumbnails (image data), tile k = sample atlas_index[k]
         bars_x, bars_recon    (n, B) float32      non-image data: the first B values, a bar strip
+                                                  (meta feature_names: their B names)
         decoder weights       w0, b0, w1, b1, ... float32 (mlp, linear: a JS forward pass)
         conv_grid             (G*G, H, W, C) uint8 decodes on a G x G grid (conv: looked up)
         plane                 z = mean + u * axes[0] + v * axes[1]: the plane the cursor
@@ -14,7 +15,9 @@ Two payloads, each one binary blob (`pack`), sent once and kept by the page:
                               components of the codes, through their mean)
     points payload   (per checkpoint, projection and colouring)
         xy (n, 2) float32, rgb (n, 3) uint8, index (n,) int32 (the test index of each point),
-        and the legend
+        the legend (its name: what colours the points, e.g. the label "target"; its items:
+        the category names), and for the hover each point's category (n,) int32 (its legend
+        item) or value (n,) float32
 
 Above MAX_POINTS test samples a stated, seeded subsample is drawn (and has thumbnails).
 The view's own small JSON (selected sample, switches) is sent beside them on every run;
@@ -214,6 +217,7 @@ def samples_payload(run: Run, enc: explore.Encoded, recon: np.ndarray,
         arrays["bars_x"] = flat_x.astype(np.float32)
         arrays["bars_recon"] = recon.reshape(enc.n, -1)[shown, :bars].astype(np.float32)
         meta["bars"] = bars
+        meta["feature_names"] = explore.feature_names(enc)[:bars]  # the bars' names, for the hover
         lo = float(min(flat_x.min(), arrays["bars_recon"].min()))
         hi = float(max(flat_x.max(), arrays["bars_recon"].max()))
         meta["bar_range"] = [lo, hi if hi > lo else lo + 1.0]
@@ -249,6 +253,20 @@ def viridis(n: int = 256) -> np.ndarray:
         .astype(np.uint8)
 
 
+def category_label(name: str, value: float, category_names: dict[float, str] | None = None) -> str:
+    """A category's legend entry: its name where the data has one ("class_1"), else the
+    label's name and the value ("digit 3")."""
+    names = category_names or {}
+    return names[float(value)] if float(value) in names else f"{name} {value:g}"
+
+
+def category_hover(name: str, value: float, category_names: dict[float, str] | None = None) -> str:
+    """What a hover says of a point's category: "target: class_1" (a named category), else
+    "digit 3"."""
+    names = category_names or {}
+    return f"{name}: {names[float(value)]}" if float(value) in names else f"{name} {value:g}"
+
+
 def colours(values: np.ndarray | None, discrete: bool, name: str, palette: list[str],
             category_names: dict[float, str] | None = None) -> tuple[np.ndarray, dict]:
     """Point colours (N, 3) uint8 and the legend: {"kind": "none" | "categories" | "scale", ...}.
@@ -261,9 +279,9 @@ def colours(values: np.ndarray | None, discrete: bool, name: str, palette: list[
         cats = np.unique(v)
         lut = np.array([_hex_rgb(palette[i % len(palette)]) for i in range(len(cats))], np.uint8)
         rgb = lut[np.searchsorted(cats, v)]
-        names = category_names or {}
         legend = {"kind": "categories", "name": name,
-                  "items": [{"label": f"{name} {names.get(float(c), f'{c:g}')}",
+                  "items": [{"label": category_label(name, c, category_names),
+                             "hover": category_hover(name, c, category_names),
                              "color": palette[i % len(palette)]} for i, c in enumerate(cats)]}
         return rgb, legend
     lo, hi = float(np.nanmin(v)), float(np.nanmax(v))
@@ -287,6 +305,12 @@ def points_payload(xy: np.ndarray, values: np.ndarray | None, discrete: bool, co
         rgb = np.tile(np.array(_hex_rgb(palette[0]), np.uint8), (len(xy), 1))
     meta = {"n": int(len(xy)), "shown": int(len(shown)), "legend": legend}
     arrays = {"xy": np.asarray(xy, dtype=np.float32)[shown], "rgb": rgb[shown], "index": shown.astype(np.int32)}
+    if values is not None:  # what the hover names: each point's category (legend item) or value
+        v = np.asarray(values, dtype=np.float64)[shown]
+        if legend["kind"] == "categories":
+            arrays["category"] = np.searchsorted(np.unique(np.asarray(values, dtype=np.float64)), v).astype(np.int32)
+        else:
+            arrays["value"] = v.astype(np.float32)
     if snapshots is not None and len(snapshots[0]):
         epochs, places = snapshots
         frames = np.full((len(epochs), len(shown), 2), np.nan, np.float32)  # NaN: not in the snapshot
@@ -309,9 +333,10 @@ def project_snapshots(mu: np.ndarray, proj: explore.Projection) -> np.ndarray | 
     return proj.transform(mu.reshape(s * n, d)).reshape(s, n, 2)
 
 
-def inputs_payload(x: np.ndarray, is_image: bool) -> bytes:
+def inputs_payload(x: np.ndarray, is_image: bool, feature_names: list[str] | None = None) -> bytes:
     """A samples payload of the inputs alone (no reconstruction, no decoder): the live map of a
-    run still training, whose weights change every epoch."""
+    run still training, whose weights change every epoch. feature_names: the D names of a
+    non-image sample's values (else x1..xD)."""
     n = len(x)
     shown = shown_points(n)
     meta: dict = {"n": int(n), "latent_dim": 0, "is_image": bool(is_image), "shape": list(x.shape[1:])}
@@ -326,6 +351,9 @@ def inputs_payload(x: np.ndarray, is_image: bool) -> bytes:
         bars = min(MAX_BARS, int(np.prod(x.shape[1:])))
         arrays["bars_x"] = x.reshape(n, -1)[shown, :bars].astype(np.float32)
         meta["bars"] = bars
+        d = int(np.prod(x.shape[1:]))
+        names = list(feature_names) if feature_names and len(feature_names) == d else [f"x{j + 1}" for j in range(d)]
+        meta["feature_names"] = names[:bars]
         lo, hi = float(arrays["bars_x"].min()), float(arrays["bars_x"].max())
         meta["bar_range"] = [lo, hi if hi > lo else lo + 1.0]
     return pack(meta, arrays)

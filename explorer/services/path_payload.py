@@ -13,7 +13,8 @@ Layout of the bytes (little-endian):
     [4+n:]      the blobs, each at an offset (a multiple of 4) from there that the header names
 
 Header: {"version", "id", "t0", "method", "kind" ("image" or "values"), "steps", "t",
-"shape", "range", "map": {...}, "blobs": {name: [offset, nbytes, dtype, shape]}}.
+"shape", "range", "feature_names" (the D values' names, non-image data; else []), "map": {...},
+"blobs": {name: [offset, nbytes, dtype, shape]}}.
 Blobs: "frames" (uint8 (T, H, W, C), the decoded means clipped to [0, 1] times 255, rounded)
 for images, or "values" (float32 (T, D)) for other data; "points" (float32 (N, 2), the
 codes on the map), "colors" (uint8 (N,), an index into map.palette), "path" (float32 (T, 2)).
@@ -73,12 +74,14 @@ def map_subsample(n: int, keep: tuple[int, ...], limit: int = MAP_POINTS) -> np.
 
 def payload(frames: explore.PathFrames, is_image: bool, points: np.ndarray, path_xy: np.ndarray,
             a: int, b: int, t0: float, method: str, axis_titles: tuple[str, str] = ("", ""),
-            color_values: np.ndarray | None = None, discrete: bool = False, color_name: str = "") -> bytes:
+            color_values: np.ndarray | None = None, discrete: bool = False, color_name: str = "",
+            feature_names: list[str] | None = None) -> bytes:
     """The component's message for one path.
 
     frames: the path decoded at T steps (explore.path_frames); points (N, 2): the test set's
     codes on the map; path_xy (T, 2): z(t_k) on the same map; a, b: the endpoints' test
-    indices; t0: where the slider starts (0..1); color_values (N,): what colours the points."""
+    indices; t0: where the slider starts (0..1); color_values (N,): what colours the points;
+    feature_names: the D names of the decoded values (non-image data), for the bars."""
     steps = len(frames.t)
     blobs: dict[str, np.ndarray] = {}
     if is_image:
@@ -108,6 +111,7 @@ def payload(frames: explore.PathFrames, is_image: bool, points: np.ndarray, path
     header = {"version": VERSION, "method": method,
               "kind": "image" if is_image else "values", "steps": steps,
               "t": [round(float(t), 6) for t in frames.t], "shape": shape, "range": value_range,
+              "feature_names": [str(n) for n in feature_names or []],
               "map": {"a": position[int(a)], "b": position[int(b)], "index": shown.tolist(),
                       "palette": palette, "color_name": color_name, "axis_titles": list(axis_titles),
                       "shown": int(len(shown)), "total": int(len(points))},

@@ -70,28 +70,11 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def chart(fig, key: str, **kwargs):
-    """st.plotly_chart whose camera button saves RUN-VIEW-KEY.png (not plot-image.png)."""
-    return st.plotly_chart(fig, key=key, config=exports.figure_config(state.get("run"), state.get("view"), key),
-                           **kwargs)
-
-
-@st.cache_data(max_entries=32, show_spinner=False)
-def _feature_names(data_spec: str, seed: int, d: int) -> list[str]:
-    from trainer import load_dataset
-
-    try:
-        names = getattr(load_dataset(data_spec, seed), "feature_names", None)
-    except TrainerError:
-        names = None
-    names = [str(n) for n in names] if names is not None else []
-    return names if len(names) == d else [f"x{j + 1}" for j in range(d)]
-
-
-def feature_names(run: Run, d: int) -> list[str]:
-    """The names of the d features of the run's data (the file's column names where the data
-    set keeps them: LoadedData/Dataset.feature_names), else x1..xd."""
-    return _feature_names(run.config.data, run.config.train.seed, d)
+def chart(fig, key: str, config: dict | None = None, **kwargs):
+    """st.plotly_chart whose camera button saves RUN-VIEW-KEY.png (not plot-image.png);
+    config: more of plotly's settings (e.g. staticPlot)."""
+    config = {**exports.figure_config(state.get("run"), state.get("view"), key), **(config or {})}
+    return st.plotly_chart(fig, key=key, config=config, **kwargs)
 
 
 def download_codes(ckpt: cached.Checkpoint, run_name: str, key: str) -> None:
@@ -344,4 +327,5 @@ def show_sample(enc: explore.Encoded, i: int, recon: np.ndarray, caption_prefix:
         c2.image(pictures.png(recon[None], size=140), caption="reconstruction f(mu(x))")
     else:
         chart(charts.vector_bars({"input x": enc.x[i], "reconstruction f(mu(x))": recon},
-                                 f"Sample {i}: input and reconstruction"), key=f"vec_{caption_prefix}{i}")
+                                 f"Sample {i}: input and reconstruction", explore.feature_names(enc)),
+              key=f"vec_{caption_prefix}{i}")

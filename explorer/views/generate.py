@@ -36,9 +36,10 @@ def prior_samples(page: common.ExplorePage) -> None:
                            mime="image/png", on_click="ignore")
     elif samples.ndim == 2 and samples.shape[1] == 2:
         common.chart(charts.data_scatter(page.enc.x, {"decoded prior samples": samples},
-                                            "Decoded prior samples over the test data"), key="gen_scatter")
+                                         "Decoded prior samples over the test data",
+                                         explore.feature_names(page.enc)), key="gen_scatter")
     else:
-        names = common.feature_names(page.run, samples.reshape(n, -1).shape[1])
+        names = explore.feature_names(page.enc)
         flat = samples.reshape(n, -1)
         common.chart(charts.feature_heatmap(flat, names, [f"sample {i + 1}" for i in range(n)],
                                             f"{n} decoded prior samples, every feature", row_title="sample"),
@@ -79,7 +80,7 @@ def latent_traversals(page: common.ExplorePage) -> None:
     dims = tuple(int(j) for j in order[:shown])
     images = cached.traversals(page.checkpoint, dims, steps, TRAVERSAL_SPAN)
     labels = [f"z{j + 1} (KL {kl_dims[j]:.2f})" for j in dims]
-    show_traversals(enc, images, steps, labels, common.feature_names(page.run, images.reshape(len(images), -1).shape[1]))
+    show_traversals(enc, images, steps, labels, explore.feature_names(enc))
     if enc.is_image:
         st.download_button("Traversal strips (PNG)", pictures.png(images, ncols=steps, size=56),
                            key="download_traversals", icon=":material/download:", on_click="ignore",
@@ -103,8 +104,8 @@ def show_traversals(enc: explore.Encoded, images: np.ndarray, steps: int, labels
                  caption="rows, top to bottom: " + ", ".join(labels))
     elif images.ndim == 2 and images.shape[1] == 2:
         pts = {labels[r]: images[r * steps:(r + 1) * steps] for r in range(len(labels))}
-        common.chart(charts.data_scatter(enc.x, pts, "Traversals decoded, in data space"),
-                        key="traversal_scatter")
+        common.chart(charts.data_scatter(enc.x, pts, "Traversals decoded, in data space", names),
+                     key="traversal_scatter")
     else:  # vectors: one heatmap per dimension, a row per z value, every feature by name
         values = np.linspace(-TRAVERSAL_SPAN, TRAVERSAL_SPAN, steps)
         for r, label in enumerate(labels):

@@ -165,7 +165,8 @@ def path_message(page: common.ExplorePage, frames: explore.PathFrames, a: int, b
     if kept is None or kept[0] != key or (not mounted and kept[1] != t):
         values, discrete = explore.color_values(enc, color_by) if color_by else (None, False)
         message = path_payload.payload(frames, enc.is_image, proj.xy, proj.transform(frames.z), a, b, t, method,
-                                       proj.axis_titles, values, discrete, color_by)
+                                       proj.axis_titles, values, discrete, color_by,
+                                       [] if enc.is_image else explore.feature_names(enc))
         kept = (key, t, message)
         st.session_state["_interp_message"] = kept
     return kept[2], proj
@@ -203,9 +204,10 @@ def at_t(page: common.ExplorePage, frames: explore.PathFrames, curves: dict, a: 
                   help="the ELBO the model gives its own decoded sample, nats per sample, higher is better")
         path_profile(curves, (page.checkpoint, a, b, method), enc.latent_dim, float(frames.t[k]))
     if not enc.is_image and frames.images.ndim == 2 and frames.images.shape[-1] == 2:
-        st.plotly_chart(charts.data_scatter(enc.x, {"decoded path": frames.images,
-                                                    f"f(z(t)), t = {frames.t[k]:.2f}": frames.images[k:k + 1]},
-                                            "The path decoded, in data space"), key="interp_data")
+        common.chart(charts.data_scatter(enc.x, {"decoded path": frames.images,
+                                                 f"f(z(t)), t = {frames.t[k]:.2f}": frames.images[k:k + 1]},
+                                         "The path decoded, in data space", explore.feature_names(enc)),
+                     key="interp_data")
 
 
 # -- the path as a strip -------------------------------------------------------------------------
@@ -219,7 +221,10 @@ def strip(enc: explore.Encoded, frames: explore.PathFrames, strip_n: int) -> Non
                  caption="t = " + ", ".join(f"{frames.t[j]:.2f}" for j in idx),
                  alt=f"the path decoded in {strip_n} steps from A to B")
     else:
-        st.dataframe({f"t={frames.t[j]:.2f}": frames.images[j].ravel() for j in idx})
+        import pandas as pd
+
+        st.dataframe(pd.DataFrame({f"t={frames.t[j]:.2f}": frames.images[j].ravel() for j in idx},
+                                  index=pd.Index(explore.feature_names(enc), name="feature")), key="interp_strip")
 
 
 def strip_steps(n_frames: int, strip_n: int) -> np.ndarray:
@@ -229,8 +234,8 @@ def strip_steps(n_frames: int, strip_n: int) -> np.ndarray:
 
 def path_profile(curves: dict, key: tuple, latent_dim: int, t: float) -> None:
     """log p(z) and the decoded sample's ELBO along both paths, the current t marked."""
-    st.plotly_chart(_profile_figure(curves, key, latent_dim, t), key="path_profile",
-                    config={"staticPlot": True})  # no hover layer to build: the values at t are above
+    common.chart(_profile_figure(curves, key, latent_dim, t), key="path_profile",
+                 config={"staticPlot": True})  # no hover layer to build: the values at t are above
     st.caption("Top: log N(z(t); 0, I), the prior's log-density along each path (nats); shaded: where the "
                f"log-density of most prior samples lies (mean +- 2 sd) for d = {latent_dim}. A straight line "
                "between two typical codes cuts towards the origin, where the density is higher than any "

@@ -10,8 +10,8 @@ from explorer import charts, state
 from explorer.components import latent_map
 from explorer.services import cached, explore, inpage, jobs
 from explorer.views import common
-from trainer import snapshots
-from trainer.runs import load_config
+from trainer import TrainerError, snapshots
+from trainer.runs import load_config, read_data_info
 
 MANIFOLD_N = 15  # decoded images per side of the manifold grid
 MANIFOLD_SPAN = 3.0  # the grid covers [-3, 3]^2, where the prior N(0, I) has its mass
@@ -56,7 +56,11 @@ def map_and_sample(page: common.ExplorePage, color_by: str, method: str, show_gr
 
 def intro(page: common.ExplorePage) -> None:
     d = page.enc.latent_dim
-    st.caption(f"Each point is one test sample x of **{page.summary.config.data}**, placed at its posterior mean "
+    try:  # the data set's own name (the file's, not its path on the server: data.json)
+        data_name = page.run.data_info.get("name") or page.summary.config.data
+    except TrainerError:
+        data_name = page.summary.config.data
+    st.caption(f"Each point is one test sample x of **{data_name}**, placed at its posterior mean "
                f"mu(x) = E[z|x] under q(z|x). Latent size d = {d}"
                + (" (drawn as is)." if d <= 2 else "; projected to the plane.")
                + " Click a point to see its input, its reconstruction and its ELBO terms.")
@@ -164,6 +168,7 @@ def live_map(run_dir: str) -> None:
     epochs, mu = saved
     try:
         cfg = load_config(run_dir)
+        classes = read_data_info(run_dir).get("class_names", [])  # the label's category names (data.json)
     except Exception:  # the folder is being written: the next refresh draws it
         return
     inputs, labels, label_names = cached.live_inputs(cfg.data, cfg.train.seed, mu.shape[1])
@@ -172,7 +177,9 @@ def live_map(run_dir: str) -> None:
     values = labels[:, 0] if labels is not None and labels.shape[1] else None
     name = label_names[0] if values is not None else "none"
     points = inpage.points_payload(proj.xy, values, values is not None and explore.is_discrete(values), name,
-                                   list(charts.CATEGORY_COLORS), explore.category_names(name), (epochs, frames),
+                                   list(charts.CATEGORY_COLORS),
+                                   explore.category_names(name, class_names=classes, label_names=label_names),
+                                   (epochs, frames),
                                    int(epochs[-1]))
     latent_map.payload(inputs, key="latent_map_live_samples")
     latent_map.payload(points, key="latent_map_live_points")
@@ -202,7 +209,8 @@ def selected_sample(page: common.ExplorePage) -> None:
     st.caption("ELBO = recon - KL for this sample, nats (one Monte Carlo draw of z). "
                "The ELBO breakdown page adds log p(x) and the gap.")
     if enc.labels is not None:
-        st.caption(", ".join(f"{n} = {v:g}" for n, v in zip(enc.label_names, enc.labels[i])))
+        st.caption(", ".join(f"{n} = {(explore.category_names(n, enc) or {}).get(float(v), f'{v:g}')}"
+                             for n, v in zip(enc.label_names, enc.labels[i])))  # "target = class_1"
     st.page_link("views/elbo.py", label="ELBO breakdown of this sample", icon=":material/stacked_bar_chart:")
 
 

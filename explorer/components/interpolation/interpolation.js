@@ -205,6 +205,10 @@ function drawBars(kept, k) {
     const top = Math.min(y(v), y(0));
     ctx.fillRect(j * slot + slot * 0.1, top, Math.max(1, slot * 0.8), Math.max(1, Math.abs(y(v) - y(0))));
   }
+  // each bar named in the canvas's tooltip (and for a screen reader): "alcohol = 0.12", ...
+  const names = kept.path.header.feature_names || [];
+  const said = Array.from({ length: d }, (_, j) => `${names[j] || `x${j + 1}`} = ${values[k * d + j].toFixed(3)}`);
+  kept.image.title = `decoded values at t, left to right:\n${said.join("\n")}`;
   ctx.strokeStyle = ink;
   ctx.lineWidth = 1;
   ctx.beginPath();
@@ -221,7 +225,8 @@ function drawBars(kept, k) {
       const v = values[k * d + j];
       const up = v < 0;
       ctx.textBaseline = up ? "bottom" : "top";
-      ctx.fillText(`x${j + 1} = ${v.toFixed(2)}`, (j + 0.5) * slot, y(0) + (up ? -3 : 3) * dpr);
+      const name = (kept.path.header.feature_names || [])[j] || `x${j + 1}`;
+      ctx.fillText(`${name} = ${v.toFixed(2)}`, (j + 0.5) * slot, y(0) + (up ? -3 : 3) * dpr);
     }
   }
 }

@@ -145,6 +145,24 @@ function drawBars(canvas, series, range, colors) {
   });
 }
 
+function barsTitle(meta, series, names) {
+  // A bar strip's tooltip: one line per bar, the feature's name and each series' value.
+  const features = meta.feature_names || [];
+  const n = series[0].length;
+  const lines = [`bars, left to right: ${names.join(", ")} per feature`];
+  for (let j = 0; j < n; j++) {
+    lines.push(`${features[j] || `x${j + 1}`}: ` + series.map((s, k) => `${names[k]} = ${s[j].toFixed(3)}`).join(", "));
+  }
+  return lines.join("\n");
+}
+
+function barsNames(meta) {
+  // The bars' features in a line short enough for the hover: "alcohol, malic_acid, ash, ... (13 features)".
+  const f = meta.feature_names || [];
+  if (!f.length) return "";
+  return f.length <= 4 ? `features: ${f.join(", ")}` : `features: ${f.slice(0, 3).join(", ")}, ..., ${f[f.length - 1]} (${f.length})`;
+}
+
 function el(tag, attrs = {}, parent = null) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
@@ -197,6 +215,8 @@ class LatentMap {
     const f1 = el("figure", {}, this.hoverBox);
     this.thumb = el("canvas", { class: "vlm-thumb", role: "img", "aria-label": "hovered sample" }, f1);
     this.thumbCaption = el("figcaption", {}, f1);
+    this.barsCaption = el("figcaption", { class: "vlm-bars-names", hidden: "" }, f1); // non-image data: the bars' features
+    this.hoverLabel = el("figcaption", { class: "vlm-hover-label", hidden: "" }, f1); // what colours the point
     const f2 = el("figure", {}, this.hoverBox);
     this.thumbRecon = el("canvas", { class: "vlm-thumb", role: "img", "aria-label": "hovered reconstruction" }, f2);
     el("figcaption", { text: "f(mu(x))" }, f2);
@@ -490,6 +510,7 @@ class LatentMap {
     this.legendKey = key;
     this.legend.textContent = "";
     if (lg.kind === "categories") {
+      el("span", { class: "vlm-legend-title", text: `${lg.name}:` }, this.legend); // what colours the points
       for (const item of lg.items) {
         const s = el("span", { class: "vlm-legend-item" }, this.legend);
         el("span", { class: "vlm-swatch", style: `background:${item.color}` }, s);
@@ -527,6 +548,9 @@ class LatentMap {
     const i = this.points.arrays.index[k];
     const slot = this.slot.get(i);
     const { meta, arrays } = this.samples;
+    const what = this.pointLabel(k);
+    this.hoverLabel.textContent = what;
+    this.hoverLabel.hidden = !what;
     if (slot === undefined) {
       this.thumbCaption.textContent = `sample ${i} (no thumbnail: ${meta.thumbnails})`;
       return;
@@ -540,10 +564,21 @@ class LatentMap {
       if (arrays.bars_recon) series.push(arrays.bars_recon.subarray(slot * b, (slot + 1) * b));
       drawBars(this.thumb, series, meta.bar_range, ["#636EFA", "#EF553B"]);
       this.thumbRecon.parentElement.hidden = true;
+      this.thumb.title = barsTitle(meta, series, ["x", "f(mu(x))"]);
+      this.barsCaption.textContent = barsNames(meta);
     }
+    this.barsCaption.hidden = meta.is_image;
     this.thumb.dataset.sample = String(i);
     this.thumbCaption.textContent = meta.is_image || !arrays.bars_recon ? `sample ${i}` : `sample ${i}: x (blue), f(mu(x)) (red)`;
-    this.thumb.setAttribute("aria-description", `input of test sample ${i}`);
+    this.thumb.setAttribute("aria-description", `input of test sample ${i}${what ? `, ${what}` : ""}`);
+  }
+
+  pointLabel(k) {
+    // What colours point k, for the hover: "target: class_1", "digit 3", "ELBO = -12.30", or "".
+    const lg = this.points.meta.legend, a = this.points.arrays;
+    if (lg.kind === "categories" && a.category) return lg.items[a.category[k]].hover;
+    if (lg.kind === "scale" && a.value) return `${lg.name} = ${a.value[k].toFixed(2)}`;
+    return "";
   }
 
   decodeAt(u, v) {
@@ -570,6 +605,7 @@ class LatentMap {
     else {
       const b = Math.min(out.values.length, meta.bars || 64);
       drawBars(this.decoded, [out.values.subarray(0, b)], meta.bar_range, ["#00CC96"]);
+      this.decoded.title = barsTitle(meta, [out.values.subarray(0, b)], ["f(z)"]);
     }
     const where = meta.latent_dim <= 2 ? `z = (${u.toFixed(2)}, ${v.toFixed(2)})` : `PC (${u.toFixed(2)}, ${v.toFixed(2)})`;
     this.decodedCaption.textContent = `f(z) at ${where}`;

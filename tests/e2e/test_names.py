@@ -1,0 +1,132 @@
+"""Issue 15 in a real browser, on a server of its own whose runs folder holds a run on a
+user's CSV (scikit-learn's wine table, label column `target` of class names; tests/conftest.py
+wine_run): the latent map's legend and hovers use the file's names, and the Runs page's
+export -> import carries the run to another runs folder with the same numbers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.e2e import harness
+from tests.e2e.conftest import open_view
+
+CLASSES = ("class_0", "class_1", "class_2")
+NUMBERS = ("epochs", "test ELBO", "recon", "KL", "log p(x)")  # the Runs table's columns compared
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, wine_run):
+    base = tmp_path_factory.mktemp("names")
+    runs = base / "runs"
+    runs.mkdir()
+    shutil.copytree(wine_run, runs / wine_run.name, ignore=shutil.ignore_patterns(".lock", "log_px.json"))
+    (base / "elsewhere").mkdir()  # another runs folder, empty: where the run is imported
+    app = harness.start_app(runs, base / "streamlit.log")
+    yield app
+    harness.stop_app(app)
+
+
+@pytest.fixture
+def tab(browser):
+    """A new session in a window wide enough for every column of the Runs table (its data
+    column holds the CSV's whole path)."""
+    context = browser.new_context(viewport={"width": 2600, "height": 1000})
+    context.set_default_timeout(harness.PAGE_S * 1000)
+    yield context.new_page()
+    context.close()
+
+
+def the_csv(run_dir: Path) -> tuple[list[str], np.ndarray, list[str]]:
+    """The data file as the user wrote it: (feature names, values (N, 13), class per row)."""
+    with open(json.loads((run_dir / "config.json").read_text())["data"], newline="") as f:
+        rows = list(csv.reader(f))
+    j = rows[0].index("target")
+    drop = lambda r: [v for k, v in enumerate(r) if k != j]  # noqa: E731
+    return drop(rows[0]), np.array([[float(v) for v in drop(r)] for r in rows[1:]]), [r[j] for r in rows[1:]]
+
+
+def test_the_latent_map_names_the_label_its_classes_and_the_features(server, tab):
+    from trainer import load_run
+
+    page = tab
+    run_dir = server.runs_dir / "wine-names"
+    features, values, classes = the_csv(run_dir)
+    x_test = load_run(run_dir).load_data().x_test.numpy()
+
+    open_view(page, server, "latent-map", "Latent map", run="wine-names")
+    chart = harness.keyed(page, "latent_map_chart")
+    harness.in_page_map(chart).scroll_into_view_if_needed()
+    legend = chart.locator(".vlm-legend").inner_text()
+    assert legend.split()[0] == "target:" and all(c in legend for c in CLASSES), legend
+
+    points = harness.sample_points(chart)
+    caption = page.locator(".vlm-tip-sample figcaption").first
+    said = page.locator(".vlm-hover-label")
+    thumb = page.locator('[aria-label="hovered sample"]')
+    seen: set[int] = set()
+    for _ in range(2):
+        i = harness.isolated_point(points, exclude={-1} | seen)
+        page.mouse.move(*points[i])
+        thumb.wait_for(state="visible")
+        row = int(np.argmin(np.abs(values - x_test[i]).sum(1)))  # the CSV's row of this sample
+        assert caption.inner_text() == f"sample {i}: x (blue), f(mu(x)) (red)"
+        assert said.inner_text() == f"target: {classes[row]}"
+        seen.add(i)
+    names = page.locator(".vlm-bars-names").inner_text()
+    assert names == f"features: {', '.join(features[:3])}, ..., {features[-1]} ({len(features)})"
+    title = thumb.get_attribute("title")
+    assert all(f"{f}: x = " in title for f in features), title  # every bar named in its tooltip
+    harness.assert_no_traceback(page)
+
+
+def runs_table(page) -> dict[str, dict]:
+    """The Runs table's rows by run (the grid lays out only the columns in view: the page is
+    opened wide enough for all of them, see `tab`)."""
+    return {r["run"]: r for r in harness.table_rows(harness.keyed(page, "runs_table"))}
+
+
+def wait_log_px(page, name: str) -> str:
+    deadline = time.monotonic() + harness.PAGE_S
+    while time.monotonic() < deadline:
+        harness.wait_idle(page)
+        shown = runs_table(page).get(name, {}).get("log p(x)")
+        if shown:
+            return shown
+        time.sleep(0.3)
+    raise AssertionError(f"log p(x) of {name} not shown: {runs_table(page).get(name)}")
+
+
+def test_a_run_exported_and_imported_elsewhere_keeps_its_numbers(server, tab):
+    from trainer import evaluate_run, load_run
+
+    page = tab
+    here, elsewhere = server.runs_dir / "wine-names", server.runs_dir.parent / "elsewhere" / "wine-names"
+    open_view(page, server, "runs", "Runs", run="wine-names")
+    wait_log_px(page, "wine-names")
+    before = {k: runs_table(page)["wine-names"][k] for k in NUMBERS}
+    with page.expect_download() as info:
+        page.get_by_role("button", name="wine-names as one zip").click()
+    bundle = Path(info.value.path()).read_bytes()
+
+    # the sidebar's runs folder: another one, empty; the Runs page's importer takes the zip
+    box = harness.keyed(page, "runs_dir").locator("input")
+    box.fill(str(elsewhere.parent))
+    box.press("Enter")
+    page.get_by_text("No runs yet. Start one on the").wait_for()
+    harness.keyed(page, "import_bundle").locator("input[type=file]").set_input_files(
+        files=[{"name": "wine-names.zip", "mimeType": "application/zip", "buffer": bundle}])
+    page.get_by_text("Imported wine-names: it is now the active run.").wait_for(timeout=60_000)
+    wait_log_px(page, "wine-names")
+    after = {k: runs_table(page)["wine-names"][k] for k in NUMBERS}
+    assert after == before and all(before.values()), "the imported run's numbers differ from the exported one's"
+    assert (elsewhere / "model.safetensors").read_bytes() == (here / "model.safetensors").read_bytes()
+    assert json.loads((elsewhere / "data.json").read_text()) == json.loads((here / "data.json").read_text())
+    assert evaluate_run(load_run(elsewhere), "test", k=20) == evaluate_run(load_run(here), "test", k=20)
+    harness.assert_no_traceback(page)
