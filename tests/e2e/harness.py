@@ -339,9 +339,10 @@ def image_bytes(page, img) -> bytes:
 
 def table_rows(element) -> list[dict[str, str]]:
     """The rows of an st.dataframe as the grid's accessible table gives them: column -> text.
-    The grid draws only the columns in view, so it is scrolled across and the parts joined."""
+    The grid draws only the columns in view, so it is scrolled across and the parts joined;
+    it is left scrolled back to its first column."""
     table, scroller = element.locator("table").first, element.locator(".dvn-scroller").first
-    heads_js = "t => Array.from(t.querySelectorAll('thead th')).map(th => th.textContent.trim())"
+    scroll_to(element, 0)
     rows: dict[str, dict[str, str]] = {}
     for _ in range(50):
         part = table.evaluate("""t => {
@@ -353,17 +354,26 @@ def table_rows(element) -> list[dict[str, str]]:
         }""")
         for index, cells in part:
             rows.setdefault(index, {}).update(cells)
-        heads = table.evaluate(heads_js)
-        at_end = scroller.evaluate("""s => { const before = s.scrollLeft; s.scrollLeft += s.clientWidth / 2;
-                                             return s.scrollLeft === before; }""")
-        if at_end:
+        if not scroll_to(element, scroller.evaluate("s => s.scrollLeft + s.clientWidth / 2")):
             break
-        for _ in range(40):  # until the grid has drawn the columns now in view
+    scroll_to(element, 0)
+    return [rows[i] for i in sorted(rows, key=int)]
+
+
+def scroll_to(element, left: float) -> bool:
+    """Scroll an st.dataframe's grid to `left` (CSS pixels) and wait until it has drawn the
+    columns now in view; False if it could not move (already there, or at the end)."""
+    table, scroller = element.locator("table").first, element.locator(".dvn-scroller").first
+    heads_js = "t => Array.from(t.querySelectorAll('thead th')).map(th => th.textContent.trim())"
+    heads = table.evaluate(heads_js)
+    moved = scroller.evaluate("""(s, left) => { const before = s.scrollLeft; s.scrollLeft = left;
+                                               return s.scrollLeft !== before; }""", left)
+    if moved:
+        for _ in range(40):
             element.page.wait_for_timeout(50)
             if table.evaluate(heads_js) != heads:
                 break
-    scroller.evaluate("s => { s.scrollLeft = 0; }")
-    return [rows[i] for i in sorted(rows, key=int)]
+    return moved
 
 
 def metrics(scope) -> dict[str, float]:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.e2e import harness
-from tests.e2e.conftest import open_view
+from tests.e2e.conftest import new_page, open_view
 
 CLASSES = ("class_0", "class_1", "class_2")
 NUMBERS = ("epochs", "test ELBO", "recon", "KL", "log p(x)")  # the Runs table's columns compared
@@ -35,11 +35,8 @@ def server(tmp_path_factory, wine_run):
 
 @pytest.fixture
 def tab(browser):
-    """A new session in a window wide enough for every column of the Runs table (its data
-    column holds the CSV's whole path)."""
-    context = browser.new_context(viewport={"width": 2600, "height": 1000})
-    context.set_default_timeout(harness.PAGE_S * 1000)
-    yield context.new_page()
+    context, page = new_page(browser)
+    yield page
     context.close()
 
 
@@ -87,8 +84,7 @@ def test_the_latent_map_names_the_label_its_classes_and_the_features(server, tab
 
 
 def runs_table(page) -> dict[str, dict]:
-    """The Runs table's rows by run (the grid lays out only the columns in view: the page is
-    opened wide enough for all of them, see `tab`)."""
+    """The Runs table's rows by run."""
     return {r["run"]: r for r in harness.table_rows(harness.keyed(page, "runs_table"))}
 
 
