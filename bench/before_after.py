@@ -124,8 +124,8 @@ def exported_tree(rev: str):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def readable_copy(runs_dir: Path, dest: Path, tree: Path) -> None:
-    """Copy runs_dir/RUN to dest/RUN with config.json's top-level keys cut to the fields the
+def readable_copy(runs_dir: Path, dest: Path, tree: Path, run: str = RUN) -> None:
+    """Copy runs_dir/run to dest/run with config.json's top-level keys cut to the fields the
     tree's RunConfig knows (it refuses unknown ones; later commits added e.g. `standardize`)."""
     known = json.loads(subprocess.run(
         [sys.executable, "-c", "import dataclasses, json; from trainer.config import RunConfig; "
@@ -133,9 +133,9 @@ def readable_copy(runs_dir: Path, dest: Path, tree: Path) -> None:
         cwd=tree, check=True, capture_output=True, text=True).stdout)
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
-    shutil.copytree(runs_dir / RUN, dest / RUN, ignore=shutil.ignore_patterns("job.json", "*.tmp*"))
-    config = json.loads((dest / RUN / "config.json").read_text())
-    (dest / RUN / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k in known}, indent=2))
+    shutil.copytree(runs_dir / run, dest / run, ignore=shutil.ignore_patterns("job.json", "*.tmp*"))
+    config = json.loads((dest / run / "config.json").read_text())
+    (dest / run / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k in known}, indent=2))
 
 
 class _Traffic:
