@@ -77,6 +77,18 @@ MEDIA_BYTES_JS = """() => performance.getEntriesByType('resource')
   .filter(e => new URL(e.name).pathname.startsWith('/media/'))
   .reduce((s, e) => s + (e.encodedBodySize || e.transferSize || 0), 0)"""
 
+# The in-page map's two payloads as it holds them (explorer/services/inpage.py): payload ->
+# array name -> bytes (atlas_*: the thumbnails, w*/b*: the decoder's weights, conv_grid, the
+# points and their colours, the snapshots). The old page has none: {}.
+PAYLOAD_ARRAYS_JS = """() => {
+  const c = document.querySelector('.st-key-latent_map_chart [aria-label="latent map"]'), out = {};
+  for (const which of ['samples', 'points']) {
+    const p = c && c.latentMap && c.latentMap[which];
+    if (p) out[which] = Object.fromEntries(Object.entries(p.arrays).map(([k, a]) => [k, a.byteLength]));
+  }
+  return out;
+}"""
+
 # Installed once per page, it notes in the page when each thing first appears after the last
 # pointerdown (performance.now()), so that what is timed does not depend on when the test
 # process looks: "img:CAPTION" an st.image's <img> loaded (load events do not bubble:
@@ -186,6 +198,7 @@ def measure_map(browser, url: str, clicks: int) -> dict:
     context, page, traffic = _new_page(browser)
     try:
         out = _open(page, traffic, url + MAP_URL, MAP_DRAWN_JS)
+        out["payload_arrays"] = page.evaluate(PAYLOAD_ARRAYS_JS)
         chart = harness.keyed(page, "latent_map_chart")
         chart.scroll_into_view_if_needed()
         harness.wait_idle(page, quiet_s=0.3)
@@ -231,6 +244,8 @@ def measure_interpolate(browser, url: str, releases: int) -> dict:
     context, page, traffic = _new_page(browser)
     try:
         out = _open(page, traffic, url + INTERP_URL, IMAGE_DRAWN_JS)
+        out["path_message_bytes"] = page.evaluate(  # the component's one message (0: the old page)
+            "() => { const r = document.querySelector('.vae-interp'); return r ? Number(r.dataset.messageBytes) : 0; }")
         page.locator(".vae-interp input[type=range], .st-key-interp_t").first.scroll_into_view_if_needed()
         harness.wait_idle(page, quiet_s=0.3)
         page.evaluate(RECORDER_JS)
