@@ -4,6 +4,7 @@
     python -m bench --quick          # tiny sizes, seconds (what the smoke test runs)
     python -m bench --sections 1,3   # some sections only
     python -m bench --force          # run even while other processes load the CPU (development)
+    python -m bench --sections 6 --before f988f4b   # section 6 beside an older commit's pages
 
 Sections: 1 training throughput vs pythae, 2 against the float32 matmul peak (and bfloat16),
 3 small data (digits epoch, the app's first-start training), 4 scaling (data, threads,
@@ -41,6 +42,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                 "bench/results-quick.json with --quick)")
     p.add_argument("--max-busy", type=float, default=0.15,
                    help="most cores' worth of CPU other processes may use before the suite refuses (default 0.15)")
+    p.add_argument("--before", default="", metavar="REV",
+                   help="section 6 also measures the pages of commit REV on the same run, before/after "
+                        "(bench/before_after.py; e.g. f988f4b, the commit before issue 14's components)")
+    p.add_argument("--before-rounds", type=int, default=5, help="rounds of --before (default 5; quick: 1)")
     args = p.parse_args(argv)
     wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
     bad = [s for s in wanted if s not in SECTIONS]
@@ -151,7 +156,8 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     errors = {}
     with tempfile.TemporaryDirectory(prefix="vae-bench-") as tmp:
-        ctx = Context(sizes=sizes, threads=threads, workdir=Path(tmp), quick=args.quick)
+        ctx = Context(sizes=sizes, threads=threads, workdir=Path(tmp), quick=args.quick, before=args.before,
+                      before_rounds=1 if args.quick else max(1, args.before_rounds))
         for section in args.sections:
             if section != args.sections[0]:
                 ok, described = check_quiet(loads, f"before section {section}", args.max_busy)

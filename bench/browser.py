@@ -79,8 +79,9 @@ def _say(message: str) -> None:
     print(f"bench: section 6: {message}", file=sys.stderr, flush=True)
 
 
-def _start_server(runs_dir: Path, log: Path, default_epochs: int):
-    """The app as `make run` starts it (its own thread defaults), on a free loopback port."""
+def _start_server(runs_dir: Path, log: Path, default_epochs: int, root: Path = ROOT):
+    """The app as `make run` starts it (its own thread defaults), on a free loopback port,
+    from the tree at `root` (another commit's, for --before: bench/before_after.py)."""
     from tests.e2e import harness
 
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -91,7 +92,7 @@ def _start_server(runs_dir: Path, log: Path, default_epochs: int):
     cmd = [sys.executable, "-m", "streamlit", "run", "explorer/app.py", "--server.headless", "true",
            "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     return harness.App(f"http://127.0.0.1:{port}", port, runs_dir, log, proc)
 
@@ -214,6 +215,10 @@ def section_6(ctx: Context) -> None:
             note=f"the path's message: {result['interpolate_message_bytes'] / 1e3:.1f} kB, sent once")
     ctx.row("6", "Interpolate: bytes sent to the page per release", percentile(result["release_bytes"], 50) / 1e3,
             "kB", note=f"p50; releases that sent the path's message again: {result['releases_resending_path']}")
+    if ctx.before:  # the pages of an older commit beside these, on the same run (--before REV)
+        from .before_after import compare
+
+        compare(ctx, runs_dir, ctx.before, ctx.before_rounds)
 
 
 def _interpolate_measures(browser, app, moves: int) -> dict:

@@ -79,6 +79,8 @@ class Context:
     threads: int  # the thread count of the main runs (all cores by default)
     workdir: Path  # temporary folder for run folders and data files
     quick: bool = False
+    before: str = ""  # --before REV: section 6 measures REV's pages beside these (bench/before_after.py)
+    before_rounds: int = 5
     rows: list[Row] = field(default_factory=list)
     sections: dict[str, dict] = field(default_factory=dict)  # section id -> its detailed results
     cache: dict[str, Any] = field(default_factory=dict)  # things one section builds and a later one reuses

@@ -94,3 +94,30 @@ def test_refuses_to_start_while_the_cpu_is_busy(tmp_path):
     busy = float(re.search(r"([\d.]+) of \d+ cores busy", p.stderr).group(1))
     assert busy >= 0.9, p.stderr  # the two loops alone keep (nearly) a core busy or more
     assert not out.exists()
+
+
+def test_before_tree_reads_a_copy_of_the_run(tmp_path, digits_run):
+    """--before (bench/before_after.py): the commit before issue 14's components is exported
+    whole and removed afterwards; it refuses today's config.json (a field added since) and
+    reads the copy made for it, whose weights are the same bytes."""
+    from bench import before_after
+
+    check = ("import json, sys; from trainer.config import RunConfig; from trainer.errors import TrainerError\n"
+             "try: RunConfig.from_dict(json.load(open(sys.argv[1]))); print('ok')\n"
+             "except TrainerError as e: print('refused:', e)")
+    with before_after.exported_tree("f988f4b") as (commit, tree):
+        assert commit.startswith("f988f4b") and len(commit) == 40
+        old_map = (tree / "explorer" / "views" / "latent_map.py").read_text()
+        assert "st.plotly_chart" in old_map and not (tree / "explorer" / "components").exists()
+        original = subprocess.run([sys.executable, "-c", check, str(digits_run / "config.json")], cwd=tree,
+                                  capture_output=True, text=True, check=True).stdout
+        assert original.startswith("refused:") and "standardize" in original, original
+        before_after.readable_copy(digits_run.parent, tmp_path / "old-runs", tree, run=digits_run.name)
+        copy = tmp_path / "old-runs" / digits_run.name
+        read = subprocess.run([sys.executable, "-c", check, str(copy / "config.json")], cwd=tree,
+                              capture_output=True, text=True, check=True).stdout
+        assert read.strip() == "ok", read
+    assert not tree.exists(), "the exported tree was left behind"
+    assert (copy / "model.safetensors").read_bytes() == (digits_run / "model.safetensors").read_bytes()
+    kept = json.loads((copy / "config.json").read_text())
+    assert kept == {k: v for k, v in json.loads((digits_run / "config.json").read_text()).items() if k != "standardize"}

@@ -323,8 +323,11 @@ def show_sample(enc: explore.Encoded, i: int, recon: np.ndarray, caption_prefix:
     """Input and reconstruction side by side (images), or as bars (vectors)."""
     if enc.is_image:
         c1, c2 = st.columns(2)
-        c1.image(pictures.png(enc.x[i:i + 1], size=140), caption=f"{caption_prefix}input x (sample {i})")
-        c2.image(pictures.png(recon[None], size=140), caption="reconstruction f(mu(x))")
+        # alt: the images' accessible names (a caption is not one)
+        c1.image(pictures.png(enc.x[i:i + 1], size=140), caption=f"{caption_prefix}input x (sample {i})",
+                 alt=f"{caption_prefix}input x of test sample {i}")
+        c2.image(pictures.png(recon[None], size=140), caption="reconstruction f(mu(x))",
+                 alt=f"{caption_prefix}reconstruction f(mu(x)) of test sample {i}")
     else:
         chart(charts.vector_bars({"input x": enc.x[i], "reconstruction f(mu(x))": recon},
                                  f"Sample {i}: input and reconstruction", explore.feature_names(enc)),

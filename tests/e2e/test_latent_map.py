@@ -106,6 +106,8 @@ def test_colour_by_elbo_and_a_click_selects_without_resetting_the_zoom(page, app
     harness.wait_idle(page)
     shown = harness.captioned_image(page, f"input x (sample {i})")
     assert harness.image_digest(page, shown) != before_input, "the input image did not change"
+    for name in (f"input x of test sample {i}", f"reconstruction f(mu(x)) of test sample {i}"):
+        assert page.get_by_role("img", name=name, exact=True).count() == 1, f"no image named {name!r}"
     assert harness.keyed(page, "sample_index").locator("input").input_value() == str(i)
     assert f"sample={i}" in page.url
     assert camera(canvas) == zoomed, "the click reset the zoom or pan"
