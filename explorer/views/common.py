@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,17 +64,59 @@ def freeze_startup_objects() -> None:
     showed its new image up to that much later. gc.freeze() moves every object alive now
     (modules, classes, functions, constants: they live as long as the process) to a permanent
     generation that collections skip; what the runs allocate afterwards is collected as before.
+
+    A flag, not gc.get_freeze_count(), says it is done: that call counts the frozen objects one
+    by one (about 90 ms for the 200,000 of them, on every rerun of every session; issue 17).
     """
-    if gc.get_freeze_count():
+    global _frozen
+    if _frozen:
         return
+    _frozen = True
     gc.collect()  # leave no garbage behind in the frozen set
     gc.freeze()
+
+
+_frozen = False  # freeze_startup_objects has run in this process
+GC_EVERY_S = 5.0  # at most one full garbage collection this often (collect_garbage_now_and_then)
+_last_gc = [time.monotonic()]
+
+
+def collect_garbage_now_and_then() -> None:
+    """A full garbage collection at most every GC_EVERY_S, at the end of a page run.
+
+    Streamlit's own collection after every script run (runner.postScriptGC, off in
+    .streamlit/config.toml) walks every object the sessions and the caches hold: 30-100 ms of
+    held GIL after each run and each fragment run, growing with the number of sessions, so
+    that 30 sessions paid for it hundreds of times a minute (issue 17). Python's own
+    generational collection still runs as usual; this keeps what postScriptGC was for (reference
+    cycles, e.g. a dropped session's figures, freed soon) at one collection per GC_EVERY_S."""
+    now = time.monotonic()
+    if now - _last_gc[0] < GC_EVERY_S:
+        return
+    _last_gc[0] = now
+    gc.collect()
 
 
 def chart(fig, key: str, **kwargs):
     """st.plotly_chart whose camera button saves RUN-VIEW-KEY.png (not plot-image.png)."""
     return st.plotly_chart(fig, key=key, config=exports.figure_config(state.get("run"), state.get("view"), key),
                            **kwargs)
+
+
+def shared_figure(key: tuple, build):
+    """The figure build() makes, built once per key and shared by every session (issue 17).
+
+    Building a plotly figure costs 15-130 ms of Python, showing a built one about 4 ms
+    (st.plotly_chart copies it to JSON), and a page of several figures rebuilt them on every
+    rerun of every session. key names everything the figure shows: the figure's name, the
+    checkpoint (cached.Checkpoint), the sample, the slider's value... The figure is shared:
+    nothing may change it after build (st.plotly_chart and chart() only read it)."""
+    return _shared_figure(key, build)
+
+
+@st.cache_resource(max_entries=256, show_spinner=False)
+def _shared_figure(key: tuple, _build):  # the leading underscore: build is not part of the key
+    return _build()
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -202,7 +245,7 @@ def active_summary() -> run_service.RunSummary | None:
     path = runs_root() / name
     if not run_service.is_run_folder(path):
         return None
-    return run_service.summarize(path)
+    return run_service.summary(path)
 
 
 def trained_run() -> tuple[run_service.RunSummary, Run] | None:
