@@ -330,9 +330,10 @@ def live_progress(run_dir: str) -> None:
                 "its first epoch appears here in a few seconds.", icon=":material/hourglass_top:")
     st.progress(js.fraction, text=f"Training **{path.name}**: epoch {js.epoch} of {js.epochs} · "
                                   f"{fmt_seconds(js.eta_s)}")
-    rows = read_metrics(path)
-    if rows:
-        chart(charts.training_curves(charts.metrics_arrays(rows), "Live training curves"), key="live_curves")
+    # Built once per state of metrics.jsonl and shared by every session watching this job.
+    fig = shared_figure(("live_curves", str(path), file_signature(path / "metrics.jsonl")), lambda: _live_curves(path))
+    if fig is not None:
+        chart(fig, key="live_curves")
         st.caption("ELBO and its two terms per epoch, test split solid, training split dashed. " + NATS_NOTE)
     else:
         st.caption("Starting: loading the data and building the model...")
@@ -340,6 +341,20 @@ def live_progress(run_dir: str) -> None:
         with st.spinner("Stopping after the current step..."):
             jobs.cancel(path)
         st.rerun(scope="app")
+
+
+def file_signature(path: Path) -> tuple | None:
+    """What changes when a file is written: (inode, size, modification time); None if absent."""
+    try:
+        st_ = os.stat(path)
+    except OSError:
+        return None
+    return st_.st_ino, st_.st_size, st_.st_mtime_ns
+
+
+def _live_curves(path: Path):
+    rows = read_metrics(path)
+    return charts.training_curves(charts.metrics_arrays(rows), "Live training curves") if rows else None
 
 
 # -- picking a test sample --------------------------------------------------------------------

@@ -108,10 +108,14 @@ def kl_per_dim(ckpt: cached.Checkpoint, enc: explore.Encoded) -> None:
 
 def training_curves(ckpt: cached.Checkpoint, run: Run) -> None:
     """The run's ELBO and its terms per epoch, from metrics.jsonl."""
-    rows = run.metrics
-    if rows:
-        common.chart(common.shared_figure(("elbo_training_curves", ckpt, len(rows)), lambda: charts.training_curves(
-            charts.metrics_arrays(rows), "Over training")), key="elbo_training_curves")
+    def figure():
+        rows = run.metrics
+        return charts.training_curves(charts.metrics_arrays(rows), "Over training") if rows else None
+
+    fig = common.shared_figure(("elbo_training_curves", ckpt, common.file_signature(run.path / "metrics.jsonl")),
+                               figure)
+    if fig is not None:
+        common.chart(fig, key="elbo_training_curves")
         st.caption("Test (solid) and training (dashed) means per epoch, nats per sample, higher is better.")
     else:
         st.info("This run has no metrics.jsonl: no training curves to show.")
