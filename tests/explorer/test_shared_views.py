@@ -74,3 +74,31 @@ def test_a_shared_run_summary_follows_its_files(scratch_runs):
     assert run_service.summary(path).config is None
     assert run_service.summary(path) == run_service.summarize(path)
     assert [r.config for r in run_service.list_runs(scratch_runs)] == [None]
+
+
+def test_the_time_left_read_from_the_metrics_tail_is_the_whole_files(scratch_runs):
+    """jobs._eta reads only the end of metrics.jsonl: the same seconds left as from every row,
+    for a short file, a long one (past the tail's size) and one whose last line is cut off."""
+    from explorer.services import jobs
+    from trainer.runs import read_metrics
+
+    path = scratch_runs / "digits-2d"
+    metrics = path / "metrics.jsonl"
+    rows = read_metrics(path)
+    started, epochs = rows[0]["wall_time"] - 1.0, 10 * len(rows) * 100
+
+    def whole_file() -> float:
+        timed = [r for r in read_metrics(path) if isinstance(r.get("wall_time"), (int, float))]
+        done = timed[-1].get("epoch") or len(timed)
+        return max(0.0, (timed[-1]["wall_time"] - started) / max(1, done) * (epochs - done))
+
+    assert jobs._eta(path, {"started": started}, 0, epochs) == pytest.approx(whole_file(), rel=1e-12)
+    longer = [{**r, "epoch": k * len(rows) + r["epoch"], "wall_time": r["wall_time"] + k}
+              for k in range(100) for r in rows]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in longer))
+    assert metrics.stat().st_size > jobs.METRICS_TAIL_BYTES
+    assert jobs._eta(path, {"started": started}, 0, epochs) == pytest.approx(whole_file(), rel=1e-12)
+    with open(metrics, "a") as f:
+        f.write('{"epoch": 99999, "wall_ti')  # a row being written
+    assert jobs._eta(path, {"started": started}, 0, epochs) == pytest.approx(whole_file(), rel=1e-12)
+    assert jobs._eta(path, {}, 0, epochs) is None
