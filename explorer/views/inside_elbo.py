@@ -59,7 +59,8 @@ def reparameterization(page: common.ExplorePage, i: int) -> None:
             else:
                 pts, mu, sd = r.z[:m][:, [a, b]], r.mu[[a, b]], r.sigma[[a, b]]
                 titles = (f"z{a + 1}", f"z{b + 1}")
-            st.plotly_chart(common.shared_figure(("reparam_cloud", page.checkpoint, i, m), lambda: charts_elbo.reparam_cloud(
+            st.plotly_chart(common.shared_figure(
+                ("reparam_cloud", page.checkpoint, i, m), lambda: charts_elbo.reparam_cloud(
                 pts, mu, sd, titles, f"Sample {i}: M = {m} draws of z = mu + sigma * eps (eq 1.24)")),
                 key="reparam_cloud")
         with right:
@@ -83,7 +84,8 @@ def reparameterization(page: common.ExplorePage, i: int) -> None:
         g = cached_elbo.gradient_comparison(page.checkpoint, i)
         left, right = st.columns([3, 2])
         with left:
-            st.plotly_chart(common.shared_figure(("gradient_variance", page.checkpoint, i), lambda: charts_elbo.gradient_variance(
+            st.plotly_chart(common.shared_figure(
+                ("gradient_variance", page.checkpoint, i), lambda: charts_elbo.gradient_variance(
                 g["components"], g["score"]["per_component_variance"], g["reparam"]["per_component_variance"], g["m"])),
                             key="gradient_variance")
         with right:
@@ -109,14 +111,16 @@ def true_posterior(page: common.ExplorePage, i: int) -> None:
             p = cached_elbo.true_posterior(page.checkpoint, i)
         left, right = st.columns([3, 2])
         with left:
-            st.plotly_chart(common.shared_figure(("posterior_heatmap", page.checkpoint, i), lambda: charts_elbo.posterior_heatmap(
+            st.plotly_chart(common.shared_figure(
+                ("posterior_heatmap", page.checkpoint, i), lambda: charts_elbo.posterior_heatmap(
                 p["axes"], p["density"], p["mu"], p["sigma"], f"Sample {i}: p(z|x) ∝ p(x|z) p(z) against q(z|x)")),
                             key="posterior_heatmap")
             st.caption(f"The true posterior p(z|x) = p(x|z) p(z) / p(x), evaluated on {p['cells']:,} grid cells "
                        "sized from q (mu ± 8 sigma of q and of the posterior, 4 cells per sd of the narrower); "
                        "cyan: q(z|x)'s 1 and 2 sigma ellipses. Where they differ is the gap of eq 1.6.")
         with right:
-            st.plotly_chart(common.shared_figure(("log_px_estimates", page.checkpoint, i), lambda: charts_elbo.log_px_estimates({
+            st.plotly_chart(common.shared_figure(
+                ("log_px_estimates", page.checkpoint, i), lambda: charts_elbo.log_px_estimates({
                 "log p(x), quadrature": (p["log_px_quadrature"], None),
                 f"log p(x), importance sampled, K = {p['k']}": (p["log_px_is"], p["log_px_is_se"]),
                 f"ELBO, M = {p['m']}": (p["elbo"], p["elbo_se"]),
@@ -238,7 +242,8 @@ def where_the_kl_goes(page: common.ExplorePage, i: int) -> None:
             "The bars on the right split the same mean KL by latent dimension instead.")
         dims = [int(j) for j in np.argsort(-enc.kl_per_dim.mean(0))[:6]]
         st.plotly_chart(common.shared_figure(("code_histograms", page.checkpoint),
-                                             lambda: charts_elbo.code_histograms(s["codes_z"], dims)), key="code_histograms")
+                                             lambda: charts_elbo.code_histograms(s["codes_z"], dims)),
+                        key="code_histograms")
         st.caption(f"Monte Carlo over {s['codes']} test codes with {s['draws_per_code']} draws z ~ q(z|x) each "
                    f"({s['draws']:,} draws); ± one standard error over the codes. The histograms are those draws "
                    "(samples of q(z)) per dimension, largest KL first; black: N(0, 1).")
