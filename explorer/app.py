@@ -67,6 +67,7 @@ def main() -> None:
         logging.getLogger("explorer").exception("view %s failed", view)
         st.error(f"Something went wrong on this page ({type(e).__name__}: {str(e)[:200]}). "
                  "The run folders are unchanged; try another run or reload the page.")
+    common.collect_garbage_now_and_then()
 
 
 main()

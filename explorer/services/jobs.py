@@ -232,13 +232,46 @@ def _job_state(run_dir: Path) -> JobState | None:
 
 def _eta(run_dir: Path, status: dict, epoch: int, epochs: int) -> float | None:
     """Seconds left: the mean time per finished epoch (from metrics.jsonl) times the epochs left."""
-    rows = [r for r in read_metrics(run_dir) if isinstance(r.get("wall_time"), (int, float))]
     started = status.get("started")
-    if not rows or not isinstance(started, (int, float)):
+    if not isinstance(started, (int, float)):
         return None
-    done = rows[-1].get("epoch") or len(rows)
-    per_epoch = (rows[-1]["wall_time"] - started) / max(1, done)
+    last = _last_timed_row(run_dir)
+    if last is not None and last.get("epoch"):
+        done = last["epoch"]
+    else:  # no row in the file's tail, or one without its epoch: count the rows, as before
+        rows = [r for r in read_metrics(run_dir) if isinstance(r.get("wall_time"), (int, float))]
+        if not rows:
+            return None
+        last, done = rows[-1], rows[-1].get("epoch") or len(rows)
+    per_epoch = (last["wall_time"] - started) / max(1, done)
     return max(0.0, per_epoch * (epochs - done))
+
+
+METRICS_TAIL_BYTES = 16_384  # the end of metrics.jsonl that _last_timed_row reads
+
+
+def _last_timed_row(run_dir: Path) -> dict | None:
+    """The last readable row of metrics.jsonl with a wall_time, from the file's last
+    METRICS_TAIL_BYTES only; None if there is none there. The job line asks for the time left
+    every second: reading the whole file made that grow with the run's epochs (issue 17)."""
+    try:
+        with open(Path(run_dir) / "metrics.jsonl", "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - METRICS_TAIL_BYTES))
+            tail = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    lines = tail.splitlines()
+    if size > METRICS_TAIL_BYTES:
+        lines = lines[1:]  # the first line may be cut
+    for line in reversed(lines):
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(row, dict) and isinstance(row.get("wall_time"), (int, float)):
+            return row
+    return None
 
 
 @contextmanager

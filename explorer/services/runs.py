@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,7 +91,47 @@ def list_runs(root: Path) -> list[RunSummary]:
         return []
     folders = [p for p in root.iterdir() if is_run_folder(p)]
     folders.sort(key=lambda p: p.stat().st_mtime, reverse=True)
-    return [summarize(p) for p in folders]
+    return [summary(p) for p in folders]
+
+
+# -- summaries shared by the sessions ---------------------------------------------------------
+# The sidebar lists every run on each full rerun of every page: reading each folder's config,
+# job record, status and whole metrics.jsonl (2-3 ms a run) for every session. A summary is
+# kept, shared by all sessions, while the files it was read from are the same ones (inode,
+# size, modification time: an atomic write is a new file, an appended row a new size); that of
+# a queued or running job is read again after jobs.STATE_MAX_AGE_S (a process can die without
+# writing). The summaries are shared: callers only read them.
+SUMMARY_FILES = ("config.json", jobs.JOB_FILE, "status.json", "metrics.jsonl", "model.safetensors")
+_summaries: dict[str, tuple[tuple, float, RunSummary]] = {}
+_summaries_lock = threading.Lock()
+
+
+def _files_signature(path: Path) -> tuple:
+    sig = []
+    for name in SUMMARY_FILES:
+        try:
+            st_ = os.stat(path / name)
+            sig.append((st_.st_ino, st_.st_size, st_.st_mtime_ns))
+        except OSError:
+            sig.append(None)
+    return tuple(sig)
+
+
+def summary(path: Path) -> RunSummary:
+    """summarize(path), shared by the sessions while the run's files are unchanged (see above)."""
+    path = Path(path)
+    key, sig, now = str(path.resolve()), _files_signature(path), time.monotonic()
+    with _summaries_lock:
+        kept = _summaries.get(key)
+    if kept is not None and kept[0] == sig and (kept[2].state not in jobs.ACTIVE
+                                                or now - kept[1] < jobs.STATE_MAX_AGE_S):
+        return kept[2]
+    value = summarize(path)
+    with _summaries_lock:
+        if len(_summaries) > 10_000:  # folders since deleted: drop them all, they are cheap to refill
+            _summaries.clear()
+        _summaries[key] = (sig, now, value)
+    return value
 
 
 def summarize(path: Path) -> RunSummary:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,11 +64,37 @@ def freeze_startup_objects() -> None:
     showed its new image up to that much later. gc.freeze() moves every object alive now
     (modules, classes, functions, constants: they live as long as the process) to a permanent
     generation that collections skip; what the runs allocate afterwards is collected as before.
+
+    A flag, not gc.get_freeze_count(), says it is done: that call counts the frozen objects one
+    by one (about 90 ms for the 200,000 of them, on every rerun of every session; issue 17).
     """
-    if gc.get_freeze_count():
+    global _frozen
+    if _frozen:
         return
+    _frozen = True
     gc.collect()  # leave no garbage behind in the frozen set
     gc.freeze()
+
+
+_frozen = False  # freeze_startup_objects has run in this process
+GC_EVERY_S = 5.0  # at most one full garbage collection this often (collect_garbage_now_and_then)
+_last_gc = [time.monotonic()]
+
+
+def collect_garbage_now_and_then() -> None:
+    """A full garbage collection at most every GC_EVERY_S, at the end of a page run.
+
+    Streamlit's own collection after every script run (runner.postScriptGC, off in
+    .streamlit/config.toml) walks every object the sessions and the caches hold: 30-100 ms of
+    held GIL after each run and each fragment run, growing with the number of sessions, so
+    that 30 sessions paid for it hundreds of times a minute (issue 17). Python's own
+    generational collection still runs as usual; this keeps what postScriptGC was for (reference
+    cycles, e.g. a dropped session's figures, freed soon) at one collection per GC_EVERY_S."""
+    now = time.monotonic()
+    if now - _last_gc[0] < GC_EVERY_S:
+        return
+    _last_gc[0] = now
+    gc.collect()
 
 
 def chart(fig, key: str, config: dict | None = None, **kwargs):
@@ -75,6 +102,22 @@ def chart(fig, key: str, config: dict | None = None, **kwargs):
     config: more of plotly's settings (e.g. staticPlot)."""
     config = {**exports.figure_config(state.get("run"), state.get("view"), key), **(config or {})}
     return st.plotly_chart(fig, key=key, config=config, **kwargs)
+
+
+def shared_figure(key: tuple, build):
+    """The figure build() makes, built once per key and shared by every session (issue 17).
+
+    Building a plotly figure costs 15-130 ms of Python, showing a built one about 4 ms
+    (st.plotly_chart copies it to JSON), and a page of several figures rebuilt them on every
+    rerun of every session. key names everything the figure shows: the figure's name, the
+    checkpoint (cached.Checkpoint), the sample, the slider's value... The figure is shared:
+    nothing may change it after build (st.plotly_chart and chart() only read it)."""
+    return _shared_figure(key, build)
+
+
+@st.cache_resource(max_entries=256, show_spinner=False)
+def _shared_figure(key: tuple, _build):  # the leading underscore: build is not part of the key
+    return _build()
 
 
 def download_codes(ckpt: cached.Checkpoint, run_name: str, key: str) -> None:
@@ -185,7 +228,7 @@ def active_summary() -> run_service.RunSummary | None:
     path = runs_root() / name
     if not run_service.is_run_folder(path):
         return None
-    return run_service.summarize(path)
+    return run_service.summary(path)
 
 
 def trained_run() -> tuple[run_service.RunSummary, Run] | None:
@@ -270,9 +313,10 @@ def live_progress(run_dir: str) -> None:
                 "its first epoch appears here in a few seconds.", icon=":material/hourglass_top:")
     st.progress(js.fraction, text=f"Training **{path.name}**: epoch {js.epoch} of {js.epochs} · "
                                   f"{fmt_seconds(js.eta_s)}")
-    rows = read_metrics(path)
-    if rows:
-        chart(charts.training_curves(charts.metrics_arrays(rows), "Live training curves"), key="live_curves")
+    # Built once per state of metrics.jsonl and shared by every session watching this job.
+    fig = shared_figure(("live_curves", str(path), file_signature(path / "metrics.jsonl")), lambda: _live_curves(path))
+    if fig is not None:
+        chart(fig, key="live_curves")
         st.caption("ELBO and its two terms per epoch, test split solid, training split dashed. " + NATS_NOTE)
     else:
         st.caption("Starting: loading the data and building the model...")
@@ -280,6 +324,20 @@ def live_progress(run_dir: str) -> None:
         with st.spinner("Stopping after the current step..."):
             jobs.cancel(path)
         st.rerun(scope="app")
+
+
+def file_signature(path: Path) -> tuple | None:
+    """What changes when a file is written: (inode, size, modification time); None if absent."""
+    try:
+        st_ = os.stat(path)
+    except OSError:
+        return None
+    return st_.st_ino, st_.st_size, st_.st_mtime_ns
+
+
+def _live_curves(path: Path):
+    rows = read_metrics(path)
+    return charts.training_curves(charts.metrics_arrays(rows), "Live training curves") if rows else None
 
 
 # -- picking a test sample --------------------------------------------------------------------

@@ -25,12 +25,12 @@ def main() -> None:
         i = selected_sample(page)
     with right:
         sample_breakdown(page.checkpoint, i)
-    over_the_test_set(page.enc, i)
+    over_the_test_set(page.checkpoint, page.enc, i)
     c1, c2 = st.columns(2)
     with c1:
-        kl_per_dim(page.enc)
+        kl_per_dim(page.checkpoint, page.enc)
     with c2:
-        training_curves(page.run)
+        training_curves(page.checkpoint, page.run)
     st.subheader("Take the results away")
     common.download_codes(page.checkpoint, page.summary.name, key="download_codes_elbo")
 
@@ -66,8 +66,8 @@ def sample_breakdown(ckpt: cached.Checkpoint, i: int) -> None:
     st.caption(f"± one standard error (Monte Carlo): recon and ELBO ± {b['recon_se']:.2g} (M = {m} draws of z), "
                f"log p(x) ± {b['log_px_se']:.2g} (K = {k} importance samples), gap ± {b['gap_se']:.2g}; "
                "the KL is exact.")
-    common.chart(charts.elbo_waterfall(b["recon"], b["kl"], b["log_px"],
-                                       f"Sample {i}: from the reconstruction term to log p(x)"),
+    common.chart(common.shared_figure(("elbo_waterfall", ckpt, i), lambda: charts.elbo_waterfall(
+        b["recon"], b["kl"], b["log_px"], f"Sample {i}: from the reconstruction term to log p(x)")),
                  key="elbo_waterfall")
     st.caption(f"Fig 1.4 with this sample's numbers, nats per sample (higher is better). Green: the "
                f"reconstruction term (M = {m} draws of z). Red: minus the KL to the prior "
@@ -81,11 +81,12 @@ def number(v: float) -> str:
     return f"{v:.2f}" if math.isfinite(v) else "unreliable"
 
 
-def over_the_test_set(enc: explore.Encoded, i: int) -> None:
+def over_the_test_set(ckpt: cached.Checkpoint, enc: explore.Encoded, i: int) -> None:
     """Histograms of every test sample's ELBO, recon and -KL, sample i marked."""
     st.subheader("Over the test set")
-    common.chart(charts.term_histograms({"elbo": enc.elbo, "recon": enc.recon, "kl": enc.kl},
-                                           marks={"elbo": enc.elbo[i], "recon": enc.recon[i], "kl": enc.kl[i]}),
+    common.chart(common.shared_figure(("term_histograms", ckpt, i), lambda: charts.term_histograms(
+        {"elbo": enc.elbo, "recon": enc.recon, "kl": enc.kl},
+        marks={"elbo": enc.elbo[i], "recon": enc.recon[i], "kl": enc.kl[i]})),
                     key="term_histograms")
     bad = int((~np.isfinite(enc.elbo)).sum())
     if bad:
@@ -95,21 +96,26 @@ def over_the_test_set(enc: explore.Encoded, i: int) -> None:
                "dashed: the selected sample.")
 
 
-def kl_per_dim(enc: explore.Encoded) -> None:
+def kl_per_dim(ckpt: cached.Checkpoint, enc: explore.Encoded) -> None:
     """The mean KL of each latent dimension, inactive ones in grey."""
     kl_dims = enc.kl_per_dim.mean(0)
-    common.chart(charts.kl_per_dim_bars(kl_dims, enc.active_dims), key="kl_per_dim")
+    common.chart(common.shared_figure(("kl_per_dim", ckpt), lambda: charts.kl_per_dim_bars(kl_dims, enc.active_dims)),
+                 key="kl_per_dim")
     st.caption("Mean KL(q(z_j|x) || p(z_j)) per latent dimension over the test set, nats per sample. "
                "Grey: an inactive unit (its mean mu_j(x) hardly varies, Cov < 0.01): the posterior has "
                "collapsed to the prior there and the dimension carries no information about x.")
 
 
-def training_curves(run: Run) -> None:
+def training_curves(ckpt: cached.Checkpoint, run: Run) -> None:
     """The run's ELBO and its terms per epoch, from metrics.jsonl."""
-    rows = run.metrics
-    if rows:
-        common.chart(charts.training_curves(charts.metrics_arrays(rows), "Over training"),
-                        key="elbo_training_curves")
+    def figure():
+        rows = run.metrics
+        return charts.training_curves(charts.metrics_arrays(rows), "Over training") if rows else None
+
+    fig = common.shared_figure(("elbo_training_curves", ckpt, common.file_signature(run.path / "metrics.jsonl")),
+                               figure)
+    if fig is not None:
+        common.chart(fig, key="elbo_training_curves")
         st.caption("Test (solid) and training (dashed) means per epoch, nats per sample, higher is better.")
     else:
         st.info("This run has no metrics.jsonl: no training curves to show.")

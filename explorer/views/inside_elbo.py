@@ -41,6 +41,7 @@ def _pm(value: float, se: float | None) -> str:
 M_DEFAULT = 10
 
 
+@st.fragment  # a move of the M slider reruns this section only, not the page's other five
 def reparameterization(page: common.ExplorePage, i: int) -> None:
     st.subheader("The reparameterization trick  (Fig 1.5, eq 1.16-1.24, 1.31)")
     with st.container(key="section_reparam"):
@@ -58,8 +59,10 @@ def reparameterization(page: common.ExplorePage, i: int) -> None:
             else:
                 pts, mu, sd = r.z[:m][:, [a, b]], r.mu[[a, b]], r.sigma[[a, b]]
                 titles = (f"z{a + 1}", f"z{b + 1}")
-            common.chart(charts_elbo.reparam_cloud(pts, mu, sd, titles, f"Sample {i}: M = {m} draws of "
-                                                   "z = mu + sigma * eps (eq 1.24)"), key="reparam_cloud")
+            common.chart(common.shared_figure(
+                ("reparam_cloud", page.checkpoint, i, m), lambda: charts_elbo.reparam_cloud(
+                pts, mu, sd, titles, f"Sample {i}: M = {m} draws of z = mu + sigma * eps (eq 1.24)")),
+                key="reparam_cloud")
         with right:
             est, se = float(r.estimate[m - 1]), float(r.se[m - 1])
             c = st.columns(2)
@@ -73,15 +76,18 @@ def reparameterization(page: common.ExplorePage, i: int) -> None:
                 "them. Writing **z = mu + sigma * eps** with eps ~ N(0, I) drawn outside the network (eq 1.22-1.24) "
                 "makes z a differentiable function of mu and sigma: the gradient of log p(x|z) passes "
                 "through z to the encoder (eq 1.20), and the ELBO is estimated from the same draws (eq 1.31).")
-        common.chart(charts_elbo.mc_convergence(r.estimate, r.se, m, r.exact), key="mc_convergence")
+        common.chart(common.shared_figure(("mc_convergence", page.checkpoint, i, m),
+                                             lambda: charts_elbo.mc_convergence(r.estimate, r.se, m, r.exact)),
+                        key="mc_convergence")
         st.caption(f"The same {inside_elbo.M_MAX} draws, used 1, 2, ..., {inside_elbo.M_MAX} at a time: the "
                    "estimate settles, and its standard error falls as 1/sqrt(M) (dashed). Gold: the slider's M.")
         g = cached_elbo.gradient_comparison(page.checkpoint, i)
         left, right = st.columns([3, 2])
         with left:
-            common.chart(charts_elbo.gradient_variance(g["components"], g["score"]["per_component_variance"],
-                                                       g["reparam"]["per_component_variance"], g["m"]),
-                         key="gradient_variance")
+            common.chart(common.shared_figure(
+                ("gradient_variance", page.checkpoint, i), lambda: charts_elbo.gradient_variance(
+                g["components"], g["score"]["per_component_variance"], g["reparam"]["per_component_variance"], g["m"])),
+                            key="gradient_variance")
         with right:
             st.metric("variance ratio, score function / reparameterized", f"{g['ratio']:.3g}",
                       help="per-draw variance summed over the gradient's components")
@@ -105,18 +111,20 @@ def true_posterior(page: common.ExplorePage, i: int) -> None:
             p = cached_elbo.true_posterior(page.checkpoint, i)
         left, right = st.columns([3, 2])
         with left:
-            common.chart(charts_elbo.posterior_heatmap(p["axes"], p["density"], p["mu"], p["sigma"],
-                                                       f"Sample {i}: p(z|x) ∝ p(x|z) p(z) against q(z|x)"),
-                         key="posterior_heatmap")
+            common.chart(common.shared_figure(
+                ("posterior_heatmap", page.checkpoint, i), lambda: charts_elbo.posterior_heatmap(
+                p["axes"], p["density"], p["mu"], p["sigma"], f"Sample {i}: p(z|x) ∝ p(x|z) p(z) against q(z|x)")),
+                            key="posterior_heatmap")
             st.caption(f"The true posterior p(z|x) = p(x|z) p(z) / p(x), evaluated on {p['cells']:,} grid cells "
                        "sized from q (mu ± 8 sigma of q and of the posterior, 4 cells per sd of the narrower); "
                        "cyan: q(z|x)'s 1 and 2 sigma ellipses. Where they differ is the gap of eq 1.6.")
         with right:
-            common.chart(charts_elbo.log_px_estimates({
+            common.chart(common.shared_figure(
+                ("log_px_estimates", page.checkpoint, i), lambda: charts_elbo.log_px_estimates({
                 "log p(x), quadrature": (p["log_px_quadrature"], None),
                 f"log p(x), importance sampled, K = {p['k']}": (p["log_px_is"], p["log_px_is_se"]),
                 f"ELBO, M = {p['m']}": (p["elbo"], p["elbo_se"]),
-            }, "Fig 1.4: three estimates of log p(x)"), key="log_px_estimates")
+            }, "Fig 1.4: three estimates of log p(x)")), key="log_px_estimates")
             c = st.columns(2)
             c[0].metric("gap: log p(x) − ELBO", f"{p['gap_from_estimates']:.2f}",
                         help=f"quadrature log p(x) minus the ELBO (M = {p['m']}, ± {p['elbo_se']:.2f})")
@@ -158,8 +166,8 @@ def theorem_1_1(page: common.ExplorePage, i: int) -> None:
         values[f"model's log p_θ(x), {t['model_log_px_how']}"] = (t["model_log_px"], t["model_log_px_se"])
         values[f"IWAE, K = {t['iwae_k']}"] = (t["iwae"], t["iwae_se"])
         values[f"ELBO, {t['elbo_how']}"] = (t["elbo"], t["elbo_se"])
-        common.chart(charts_elbo.log_px_estimates(values, f"Over the first {t['n']} test samples: from the "
-                                                          "truth to the ELBO"), key="truth_ladder")
+        common.chart(common.shared_figure(("truth_ladder", page.checkpoint), lambda: charts_elbo.log_px_estimates(
+            values, f"Over the first {t['n']} test samples: from the truth to the ELBO")), key="truth_ladder")
         c = st.columns(2)
         if "model_wrong" in t:
             c[0].metric("the model is wrong", _pm(t["model_wrong"], t["model_wrong_se"]),
@@ -185,8 +193,8 @@ def linear_landscape(page: common.ExplorePage, i: int) -> None:
         return
     with st.container(key="section_landscape"):
         path = land["path"]
-        common.chart(charts_elbo.elbo_landscape(land, None if path is None else path["t"],
-                                                None if path is None else path["s"]), key="elbo_landscape")
+        common.chart(common.shared_figure(("elbo_landscape", page.checkpoint), lambda: charts_elbo.elbo_landscape(
+            land, None if path is None else path["t"], None if path is None else path["s"])), key="elbo_landscape")
         d, sigma = land["d"], land["sigma"]
         c = st.columns(3)
         if path is not None:
@@ -222,16 +230,20 @@ def where_the_kl_goes(page: common.ExplorePage, i: int) -> None:
                     help="the aggregate posterior q(z) = mean over x of q(z|x), against the prior")
         left, right = st.columns(2)
         with left:
-            common.chart(charts_elbo.kl_split_bars(s), key="kl_split")
+            common.chart(common.shared_figure(("kl_split", page.checkpoint), lambda: charts_elbo.kl_split_bars(s)),
+                            key="kl_split")
         with right:
-            common.chart(charts.kl_per_dim_bars(enc.kl_per_dim.mean(0), enc.active_dims), key="inside_kl_per_dim")
+            common.chart(common.shared_figure(("inside_kl_per_dim", page.checkpoint), lambda: charts.kl_per_dim_bars(
+                enc.kl_per_dim.mean(0), enc.active_dims)), key="inside_kl_per_dim")
         st.markdown(
             "The KL term pays for two things: **I(x; z)**, the information the codes carry about which sample "
             "they came from (what a useful code must pay), and **KL(q(z) || p(z))**, how far the codes of the "
             "whole data set, pooled, are from the prior (the holes and clumps a generator would fall into). "
             "The bars on the right split the same mean KL by latent dimension instead.")
         dims = [int(j) for j in np.argsort(-enc.kl_per_dim.mean(0))[:6]]
-        common.chart(charts_elbo.code_histograms(s["codes_z"], dims), key="code_histograms")
+        common.chart(common.shared_figure(("code_histograms", page.checkpoint),
+                                             lambda: charts_elbo.code_histograms(s["codes_z"], dims)),
+                        key="code_histograms")
         st.caption(f"Monte Carlo over {s['codes']} test codes with {s['draws_per_code']} draws z ~ q(z|x) each "
                    f"({s['draws']:,} draws); ± one standard error over the codes. The histograms are those draws "
                    "(samples of q(z)) per dimension, largest KL first; black: N(0, 1).")

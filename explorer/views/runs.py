@@ -138,11 +138,17 @@ def compare_runs(root: Path, summaries: list[run_service.RunSummary], rows: list
     if len(data) > 1:
         st.warning(f"These runs were trained on different data ({', '.join(sorted(data))}): their ELBOs are "
                    "log-likelihoods of different data and cannot be compared. Compare runs of one data set.")
-    curves = {}
-    for name in picked:
-        m = charts.metrics_arrays(run_service.read_metrics(root / name))
-        curves[name] = (m["epoch"], m[f"{split}_{term}"])
-    common.chart(charts.compare_curves(curves, term, split), key="compare_chart")
+    def figure():
+        curves = {}
+        for name in picked:
+            m = charts.metrics_arrays(run_service.read_metrics(root / name))
+            curves[name] = (m["epoch"], m[f"{split}_{term}"])
+        return charts.compare_curves(curves, term, split)
+
+    # Built once per choice and state of the runs' metrics.jsonl, shared by every session.
+    key = ("compare_chart", str(root), term, split, tuple((name, common.file_signature(root / name / "metrics.jsonl"))
+                                              for name in picked))
+    common.chart(common.shared_figure(key, figure), key="compare_chart")
     st.caption("One line per run. " + common.NATS_NOTE + " (-KL is drawn, so higher is better too.)")
     st.dataframe([{k: v for k, v in r.items() if k in COMPARED_COLUMNS} for r in rows if r["run"] in picked],
                  hide_index=True, key="compare_table", width="stretch")
