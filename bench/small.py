@@ -81,7 +81,7 @@ def digits_against_eager(ctx: Context, epochs: int) -> dict:
     ms = {k: median(v[1:]) * 1e3 for k, v in times.items()}
     # The fast step alone (no test evaluation), three epochs' worth of steps, profiled
     fast, B, n = trainers["fast"], cfg.train.batch_size, len(data.x_train)
-    sums = torch.zeros(4, dtype=torch.float64)
+    sums = [0.0] * 4
     batches = [idx for _ in range(3) for idx in torch.randperm(n).split(B)]
     noise = [torch.randn(1, len(idx), m.latent_dim) for idx in batches]
     steps = len(batches)
