@@ -123,6 +123,15 @@ def test_the_fast_step_gives_autograds_weights_after_an_epoch(digits, arch, like
     assert max((start[k] - final[k]).abs().max().item() for k in start) > 1e-3
 
 
+@pytest.mark.parametrize("latent_dim", [1, 5, 16])
+def test_every_latent_width_agrees(digits, latent_dim):
+    """A z 2 to 8 wide takes the transposed products of the first decoder layer's backward
+    (fastpath._Buffers), 1 wide and from 9 wide the direct ones: both agree with autograd."""
+    cfg = config("mlp", "gaussian", mc_samples=2)
+    cfg.model.latent_dim = latent_dim
+    assert_same(train_both(cfg, digits))
+
+
 @pytest.mark.parametrize("arch", ["mlp", "linear"])
 def test_several_noise_draws_a_kl_weight_and_warm_up_agree_too(digits, arch):
     cfg = config(arch, "bernoulli", mc_samples=3, beta=0.5, kl_warmup=2, epochs=2, batch_size=100)
