@@ -185,6 +185,8 @@ class _Buffers:
         narrow = 2 <= d <= 8
         self.g_z_t = torch.empty(d, M * b, **like) if narrow else None
         self.w_grad_t = torch.empty(d, step.dec[0].out_features, **like) if narrow else None
+        self.g_z_t_t = self.g_z_t.t() if narrow else None  # their transposes, (M b, d) and (H, d): views
+        self.w_grad_t_t = self.w_grad_t.t() if narrow else None
         self.z = torch.empty(M, b, d, **like)
         self.z_flat = self.z.view(M * b, d)
         self.z_flat_t = self.z_flat.t()
@@ -295,9 +297,9 @@ class FastStep:
                 torch.mm(buf.dec_g[0], layer.weight, out=buf.g_z)
             else:  # narrow z: the same products transposed (see _Buffers), then copied
                 torch.mm(buf.z_flat_t, buf.dec_g[0], out=buf.w_grad_t)  # (d, H) = z^T g
-                layer.weight.grad.copy_(buf.w_grad_t.t())
+                layer.weight.grad.copy_(buf.w_grad_t_t)
                 torch.mm(self.dec_wt[0], buf.dec_gt[0], out=buf.g_z_t)  # (d, M b) = W^T g^T
-                buf.g_z.copy_(buf.g_z_t.t())
+                buf.g_z.copy_(buf.g_z_t_t)
         # -- the KL (eq 1.34) and the reparameterization, into dLoss/d(mu, raw logvar) ---------
         var = torch.exp(logvar)  # (b, d)
         mu_norm = float(torch.linalg.vector_norm(mu))
