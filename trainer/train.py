@@ -171,6 +171,7 @@ class Trainer:
             t0 = time.perf_counter()
             perm = torch.randperm(n, generator=self.gen_shuffle).to(self.device)
             sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # recon, kl, elbo, objective
+            fast_sums = [0.0, 0.0, 0.0, 0.0]  # the same, from the fast step's Python floats (float64 too)
             for i in range(n_batches):
                 batch = perm[i * B:(i + 1) * B]  # (b,) indices of this step's batch
                 # eps ~ N(0, I) for the reparameterization z = mu + sigma * eps (eq 1.24): (M, b, d)
@@ -178,7 +179,7 @@ class Trainer:
                                   dtype=eps_dtype)
                 w = kl_weight(cfg, self.epoch, (i + 1) / n_batches)
                 if self.fast_step is not None:
-                    finite = self.fast_step_sums(batch, eps, w, sums)
+                    finite = self.fast_step_sums(batch, eps, w, fast_sums)
                 else:
                     finite = self.reference_step(batch, eps, w, sums)
                 self.step += 1
@@ -188,6 +189,8 @@ class Trainer:
                     raise self.nonfinite_loss()
                 if stop:
                     return "cancelled"
+            if self.fast_step is not None:
+                sums += torch.tensor(fast_sums, dtype=torch.float64, device=self.device)  # 0 + s: s exactly
             train_time = time.perf_counter() - t0
             self.epoch += 1
             test = self.end_of_epoch(sums)
@@ -213,15 +216,19 @@ class Trainer:
                                      objective_sum]).double()
         return finite
 
-    def fast_step_sums(self, batch: torch.Tensor, eps: torch.Tensor, w: float, sums: torch.Tensor) -> bool:
-        """reference_step's work by fastpath.FastStep: the same sums (added in float64 from the
-        batch's recon and kl sums), the same Adam step, the same answer."""
+    def fast_step_sums(self, batch: torch.Tensor, eps: torch.Tensor, w: float, sums: list[float]) -> bool:
+        """reference_step's work by fastpath.FastStep: the same sums of recon, kl, elbo and the
+        objective (added in float64, as Python floats: two tensor operations a step fewer), the
+        same Adam step, the same answer."""
         recon, kl = self.fast_step(batch, eps, w)
         objective = recon - w * kl
         finite = math.isfinite(objective)
         if finite:
             self.optimizer.step()
-        sums += torch.tensor([recon, kl, recon - kl, objective], dtype=torch.float64, device=sums.device)
+        sums[0] += recon
+        sums[1] += kl
+        sums[2] += recon - kl
+        sums[3] += objective
         return finite
 
     # -- what differs when several processes share each batch (trainer.distributed) -------

@@ -17,9 +17,11 @@ from trainer.fastpath import FusedAdam
 from trainer.train import Callbacks, Trainer
 
 
-def test_fused_adam_is_torch_adam_bit_for_bit():
+@pytest.mark.parametrize("skip_some", [False, True], ids=["every-step-all", "some-skipped"])
+def test_fused_adam_is_torch_adam_bit_for_bit(skip_some):
     """The same kernel with the same arguments: identical weights and moments after many
-    steps, also when a parameter has no gradient in some steps (torch skips it then), and
+    steps, with every parameter stepping each time (one shared step count) and when a
+    parameter has no gradient in some steps (torch skips it then: the counts part), and
     a state_dict that torch.optim.Adam loads and continues from identically."""
     gen = torch.Generator().manual_seed(0)
     shapes = [(7, 5), (5,), ()]
@@ -31,7 +33,7 @@ def test_fused_adam_is_torch_adam_bit_for_bit():
         grads = [torch.randn(s, generator=gen) * 10 ** (step % 5 - 2) for s in shapes]
         for params in (ours, theirs):
             for i, (p, g) in enumerate(zip(params, grads)):
-                p.grad = None if (i == 1 and step % 3 == 0) else g.clone()
+                p.grad = None if (skip_some and i == 1 and step % 3 == 0) else g.clone()
         adam_ours.step()
         adam_theirs.step()
     for a, b in zip(ours, theirs):
@@ -41,6 +43,8 @@ def test_fused_adam_is_torch_adam_bit_for_bit():
     for i in sd_ours:
         for name in ("step", "exp_avg", "exp_avg_sq"):
             assert torch.equal(sd_ours[i][name], sd_theirs[i][name]), (i, name)
+    # each parameter's step is a tensor of its own in the state (a checkpoint saves them apart)
+    assert len({id(sd_ours[i]["step"]) for i in sd_ours}) == len(sd_ours)
     # torch.optim.Adam's state loaded into ours (as --resume does) continues alike
     resumed = [p.detach().clone().requires_grad_() for p in theirs]
     adam_resumed = FusedAdam(resumed, lr=3e-3)
@@ -117,6 +121,15 @@ def test_the_fast_step_gives_autograds_weights_after_an_epoch(digits, arch, like
     start = Trainer(config(arch, likelihood, sigma_dec), digits, step="autograd").model.state_dict()
     final = runs["fast"][0].model.state_dict()
     assert max((start[k] - final[k]).abs().max().item() for k in start) > 1e-3
+
+
+@pytest.mark.parametrize("latent_dim", [1, 5, 16])
+def test_every_latent_width_agrees(digits, latent_dim):
+    """A z 2 to 8 wide takes the transposed products of the first decoder layer's backward
+    (fastpath._Buffers), 1 wide and from 9 wide the direct ones: both agree with autograd."""
+    cfg = config("mlp", "gaussian", mc_samples=2)
+    cfg.model.latent_dim = latent_dim
+    assert_same(train_both(cfg, digits))
 
 
 @pytest.mark.parametrize("arch", ["mlp", "linear"])
