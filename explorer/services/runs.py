@@ -101,7 +101,7 @@ def list_runs(root: Path) -> list[RunSummary]:
 # size, modification time: an atomic write is a new file, an appended row a new size); that of
 # a queued or running job is read again after jobs.STATE_MAX_AGE_S (a process can die without
 # writing). The summaries are shared: callers only read them.
-SUMMARY_FILES = ("config.json", jobs.JOB_FILE, "status.json", "metrics.jsonl", "model.safetensors")
+SUMMARY_FILES = ("config.json", jobs.JOB_FILE, "status.json", "metrics.jsonl", "model.safetensors", "data.json")
 _summaries: dict[str, tuple[tuple, float, RunSummary]] = {}
 _summaries_lock = threading.Lock()
 
