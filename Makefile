@@ -46,13 +46,13 @@ chromium:
 
 # The whole suite in two pytest processes (pytest-xdist, -n $(PYTEST_WORKERS)): the browser
 # tests (tests/e2e, one Streamlit server and one Chromium shared by all of them) are one
-# group run by one process (--dist loadgroup), while the other runs the unit and AppTest
-# tests; each test uses one torch thread. pytest's exit status 5 (no tests collected) is a failure.
+# unit of work run by one process (tests/conftest.py), while the other runs the unit and
+# AppTest tests; each test uses one torch thread. pytest's exit status 5 (no tests collected) is a failure.
 # Its temporary files go to a folder of its own (pytest prunes the shared
 # /tmp/pytest-of-USER/pytest-N folders of runs that are still going when several run at once).
 test: install-dev chromium
 	@tmp=$$(mktemp -d /tmp/vae-pytest-XXXXXX); \
-	$(PY) -m pytest --basetemp="$$tmp/base" -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS); status=$$?; rm -rf "$$tmp"; \
+	$(PY) -m pytest --basetemp="$$tmp/base" -n $(PYTEST_WORKERS) $(PYTEST_ARGS); status=$$?; rm -rf "$$tmp"; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests: failing" >&2; exit 1; fi; \
 	exit $$status
 

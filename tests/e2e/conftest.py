@@ -33,14 +33,10 @@ FIRST_START_EPOCHS = int(os.environ.get("VAE_E2E_FIRST_EPOCHS", "60"))  # long e
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark the browser tests e2e, and put them in one pytest-xdist group: `make test` runs
-    the suite in two processes (-n 2 --dist loadgroup), and the group keeps every browser
-    test in one of them, on the one server, first start and Chromium of this package."""
     here = Path(__file__).parent
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.e2e)
-            item.add_marker(pytest.mark.xdist_group("e2e"))
 
 
 @pytest.hookimpl(hookwrapper=True)
