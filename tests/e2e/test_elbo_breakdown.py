@@ -89,6 +89,9 @@ def test_elbo_breakdown_agrees_with_trainer_eval(page, app, trained_run, referen
 
 
 def test_runs_table_agrees_with_trainer_eval(page, app, trained_run, reference):
+    # The grid draws only the columns in view, and the earlier tests' runs (data
+    # shapes:n=300,size=16) push log p(x) out of a 1400-pixel window: a window wide enough
+    page.set_viewport_size({"width": 2400, "height": 1000})
     open_view(page, app, "runs", "Runs", run=trained_run.name)
     # the table is drawn from the kept estimates first, then redrawn once log p(x) is estimated
     # for every finished run of the shared server (the earlier tests' runs too: on a busy CPU
