@@ -24,8 +24,8 @@ ROUNDING = 0.005  # the page shows 2 decimals
 
 def cli_eval(run_dir, seed: int) -> dict:
     p = subprocess.run([sys.executable, "-m", "trainer", "eval", str(run_dir), "--json", "--k", str(K),
-                        "--seed", str(seed), "--threads", "1", "--no-quadrature"], cwd=harness.ROOT, capture_output=True,
-                       text=True, timeout=300)
+                        "--seed", str(seed), "--threads", "1", "--no-quadrature"],  # the grid is not compared
+                       cwd=harness.ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout)
 
@@ -94,16 +94,14 @@ def test_runs_table_agrees_with_trainer_eval(page, app, trained_run, reference):
     page.set_viewport_size({"width": 2400, "height": 1000})
     open_view(page, app, "runs", "Runs", run=trained_run.name)
     # the table is drawn from the kept estimates first, then redrawn once log p(x) is estimated
-    # for every finished run of the shared server (the earlier tests' runs too: on a busy CPU
-    # that once took longer than PAGE_S)
-    deadline = time.monotonic() + harness.TRAIN_S
+    deadline = time.monotonic() + harness.PAGE_S
     while True:
         rows = {r["run"]: r for r in harness.table_rows(harness.keyed(page, "runs_table"))}
         row = rows.get(trained_run.name, {})
         if row.get("log p(x)") or time.monotonic() > deadline:
             break
         page.wait_for_timeout(500)
-    assert row.get("log p(x)"), f"no log p(x) for {trained_run.name} within {harness.TRAIN_S} s: {row}"
+    assert row.get("log p(x)"), f"no log p(x) for {trained_run.name} within {harness.PAGE_S} s: {row}"
     assert row["state"] == "done"
     for column, term in (("test ELBO", "elbo"), ("recon", "recon"), ("KL", "kl"), ("log p(x)", "log_px")):
         assert close(float(row[column]), term, reference), (column, row[column], reference[term])
