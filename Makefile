@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 PORT ?= 8501
 RUNS ?= runs
 PYTEST_ARGS ?=
+# make test's pytest processes (pytest-xdist; 0: one process, no workers)
+PYTEST_WORKERS ?= 2
 
 .PHONY: run test install install-dev chromium bench screenshots lint
 
@@ -42,14 +44,15 @@ chromium:
 	  fi; \
 	fi
 
-# The whole suite in one pytest process: unit and AppTest tests, then the browser tests
-# (tests/e2e, one Streamlit server and one Chromium shared by all of them). pytest's exit
-# status 5 (no tests collected) is a failure.
+# The whole suite in two pytest processes (pytest-xdist, -n $(PYTEST_WORKERS)): the browser
+# tests (tests/e2e, one Streamlit server and one Chromium shared by all of them) are one
+# unit of work run by one process (tests/conftest.py), while the other runs the unit and
+# AppTest tests; each test uses one torch thread. pytest's exit status 5 (no tests collected) is a failure.
 # Its temporary files go to a folder of its own (pytest prunes the shared
 # /tmp/pytest-of-USER/pytest-N folders of runs that are still going when several run at once).
 test: install-dev chromium
 	@tmp=$$(mktemp -d /tmp/vae-pytest-XXXXXX); \
-	$(PY) -m pytest --basetemp="$$tmp/base" $(PYTEST_ARGS); status=$$?; rm -rf "$$tmp"; \
+	$(PY) -m pytest --basetemp="$$tmp/base" -n $(PYTEST_WORKERS) $(PYTEST_ARGS); status=$$?; rm -rf "$$tmp"; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests: failing" >&2; exit 1; fi; \
 	exit $$status
 

@@ -48,3 +48,19 @@ def wine_run(tmp_path_factory) -> Path:
     cfg.train.epochs, cfg.train.threads = 10, 1
     fit(cfg, out)
     return out
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` runs two pytest-xdist workers (-n 2): every test is a unit of work given to
+    whichever worker is free, except the browser tests (tests/e2e), which are one unit run by
+    one worker on the one Streamlit server, first start and Chromium they share (package
+    fixtures in tests/e2e/conftest.py). Only for the default --dist load."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class BrowserTestsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "tests/e2e" if nodeid.startswith("tests/e2e/") else nodeid
+
+    return BrowserTestsTogether(config, log)

@@ -24,8 +24,8 @@ ROUNDING = 0.005  # the page shows 2 decimals
 
 def cli_eval(run_dir, seed: int) -> dict:
     p = subprocess.run([sys.executable, "-m", "trainer", "eval", str(run_dir), "--json", "--k", str(K),
-                        "--seed", str(seed), "--threads", "1"], cwd=harness.ROOT, capture_output=True,
-                       text=True, timeout=300)
+                        "--seed", str(seed), "--threads", "1", "--no-quadrature"],  # the grid is not compared
+                       cwd=harness.ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout)
 
@@ -98,7 +98,7 @@ def test_runs_table_agrees_with_trainer_eval(page, app, trained_run, reference):
         if row.get("log p(x)") or time.monotonic() > deadline:
             break
         page.wait_for_timeout(500)
+    assert row.get("log p(x)"), f"no log p(x) for {trained_run.name} within {harness.PAGE_S} s: {row}"
     assert row.get("state") == "done", row
-    assert "log p(x)" in row, f"the table's columns in view: {list(row)}"
     for column, term in (("test ELBO", "elbo"), ("recon", "recon"), ("KL", "kl"), ("log p(x)", "log_px")):
         assert close(float(row[column]), term, reference), (column, row[column], reference[term])

@@ -69,7 +69,8 @@ def test_train_from_the_form(page, app, trained_run):
     compare = harness.keyed(page, "compare_chart")
     compare.locator(".js-plotly-plot").first.wait_for()
     final = {t["name"]: t["n"] for t in harness.plotly_traces(compare)}
-    assert final.get(name) == epochs > max(live_points), (final, live_points)
+    # (a live frame may already hold every epoch: the last row is written before the job is done)
+    assert final.get(name) == epochs >= max(live_points), (final, live_points)
     harness.assert_no_traceback(page)
 
 

@@ -483,7 +483,7 @@ EVAL_KEYS = {"n", "elbo", "recon", "kl", "log_px", "gap", "active_units"}
 
 
 def test_eval_json_keys_for_gmm2d(cli, gmm_run):
-    result = cli("eval", str(gmm_run), "--k", "50", "--json", "--threads", "1")
+    result = cli("eval", str(gmm_run), "--k", "50", "--json", "--threads", "1", "--no-quadrature")
     assert result.status == 0, result.stderr
     out = json.loads(result.stdout)
     assert EVAL_KEYS | {"exact_log_px"} <= set(out)
@@ -503,7 +503,7 @@ def test_eval_json_keys_for_linear_gaussian_and_train_split(cli, linear_gaussian
 
 
 def test_eval_json_has_no_exact_log_px_without_a_known_density(cli, good_run):
-    out = json.loads(cli("eval", str(good_run), "--k", "5", "--json").stdout)
+    out = json.loads(cli("eval", str(good_run), "--k", "5", "--json", "--no-quadrature").stdout)
     assert EVAL_KEYS <= set(out) and "exact_log_px" not in out
     assert out["n"] == 359
 
@@ -526,7 +526,7 @@ def test_eval_on_a_gpu_agrees_with_the_cpu(cli, gmm_run):
 
 
 def test_eval_text_output(cli, good_run):
-    result = cli("eval", str(good_run), "--k", "5")
+    result = cli("eval", str(good_run), "--k", "5", "--no-quadrature")
     assert result.status == 0
     assert "per sample, nats, higher is better" in result.stdout
     for key in ("elbo", "recon", "kl", "log_px", "gap", "active units"):
@@ -547,7 +547,7 @@ def test_real_process_exit_status_and_json(tmp_path, gmm_run):
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines() == [f"error: {bad}: line 2 has 1 values, expected 2 (ragged rows)"]
 
-    p = python_m_trainer("eval", gmm_run, "--k", "10", "--json", "--threads", "1")
+    p = python_m_trainer("eval", gmm_run, "--k", "10", "--json", "--threads", "1", "--no-quadrature")
     assert p.returncode == 0, p.stderr
     assert EVAL_KEYS | {"exact_log_px"} <= set(json.loads(p.stdout))
 
