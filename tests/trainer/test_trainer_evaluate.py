@@ -54,12 +54,13 @@ def test_shares_add_up_to_the_whole_evaluation():
     model, x = small_model(2), torch.randn(95, 6, dtype=torch.float64)
     whole = evaluate(model, x, seed=3, batch_size=20)
     shares = [evaluate(model, x, seed=3, batch_size=20, share=(r, 3)) for r in range(3)]
-    flats = [torch.cat([s.sums, s.sq_sums, s.kl_per_dim, s.mu_sum, s.mu_sq_sum]) for s in shares]
+    flats = [torch.cat([s.sums, s.sq_sums, s.kl_per_dim, s.mu_sum, s.mu_sq_sum, s.unresolved]) for s in shares]
     total = shares[0].reduced(lambda t: sum(flats))
     torch.testing.assert_close(total.sums, whole.sums)
     torch.testing.assert_close(total.sq_sums, whole.sq_sums)
     torch.testing.assert_close(total.kl_per_dim, whole.kl_per_dim)
     assert torch.equal(total.active_dims(), whole.active_dims())
+    assert total.unresolved_posteriors == whole.unresolved_posteriors
     assert all(not torch.equal(s.sums, whole.sums) for s in shares)  # each alone is only a part
 
 
