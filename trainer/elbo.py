@@ -237,13 +237,19 @@ NOISE_SE = 3.0  # a bound broken by more than this many standard errors is not n
 POSTERIOR_RESOLUTION = 2.0**-20  # sigma below this fraction of |mu| (8 float32 steps): z is rounding noise
 
 
-def unresolved_posterior(mu, logvar) -> torch.Tensor:
-    """(N,) bool for mu, logvar (N, d) (or (d,): a 0-d answer): some dimension of q(z|x) has
-    sigma < POSTERIOR_RESOLUTION * |mu|, so z = mu + sigma * eps rounds to mu in float32 and
-    every Monte Carlo figure of the sample is rounding noise."""
+def _posterior_sigma(mu, logvar) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mu, sigma, narrow) as float64 tensors shaped like mu: narrow where sigma <
+    POSTERIOR_RESOLUTION * |mu|, so z = mu + sigma * eps rounds to mu in float32."""
     mu_t = torch.as_tensor(mu, dtype=torch.float64)
     std = torch.exp(0.5 * torch.as_tensor(logvar, dtype=torch.float64, device=mu_t.device)).expand_as(mu_t)
-    return (std < POSTERIOR_RESOLUTION * mu_t.abs()).any(-1)
+    return mu_t, std, std < POSTERIOR_RESOLUTION * mu_t.abs()
+
+
+def unresolved_posterior(mu, logvar) -> torch.Tensor:
+    """(N,) bool for mu, logvar (N, d) (or (d,): a 0-d answer): some dimension of q(z|x) is
+    narrower than float32 resolves at its mean (_posterior_sigma), so every Monte Carlo
+    figure of the sample is rounding noise."""
+    return _posterior_sigma(mu, logvar)[2].any(-1)
 
 
 def reliability(log_px: float | None, elbo: float | None, gap_se: float | None = None, *,
@@ -267,9 +273,7 @@ def reliability(log_px: float | None, elbo: float | None, gap_se: float | None =
             return (f"unreliable: {name} is {kind} (the model's numbers overflowed): train on "
                     "standardised data (fit --standardize) or with a lower learning rate")
     if mu is not None and logvar is not None:
-        mu_t = torch.as_tensor(mu, dtype=torch.float64)
-        std = torch.exp(0.5 * torch.as_tensor(logvar, dtype=torch.float64)).expand_as(mu_t)
-        narrow = std < POSTERIOR_RESOLUTION * mu_t.abs()
+        mu_t, std, narrow = _posterior_sigma(mu, logvar)
         if bool(narrow.any()):
             i = int(torch.nonzero(narrow.flatten())[0])
             return (f"unreliable: the posterior's standard deviation ({float(std.flatten()[i]):.1e}) is below "
