@@ -32,12 +32,29 @@ def _add_q_ellipses(fig: go.Figure, mu: np.ndarray, sigma: np.ndarray, **where) 
 # -- 1. the reparameterization trick -------------------------------------------------------------
 
 def reparam_cloud(z: np.ndarray, mu: np.ndarray, sigma: np.ndarray, axis_titles: tuple[str, str],
-                  title: str) -> go.Figure:
-    """The M draws z_m = mu + sigma * eps_m (M, 2) on the latent plane, with q(z|x)'s ellipses."""
+                  title: str, codes: np.ndarray | None = None) -> go.Figure:
+    """The M draws z_m = mu + sigma * eps_m (M, 2) on the latent map, with q(z|x)'s ellipses.
+
+    codes (N, 2), optional: the latent map itself (the test set's posterior means), drawn grey
+    behind the draws; the view opens on the draws and q's 2-sigma ellipse with room around them
+    (double-click shows the whole map)."""
     z = np.asarray(z, dtype=float)
-    fig = go.Figure(go.Scatter(x=z[:, 0], y=z[:, 1], mode="markers", name=f"z = mu + sigma * eps ({len(z)} draws)",
-                               marker=dict(size=6, color=TERM_COLORS["recon"], opacity=0.7)))
-    _add_q_ellipses(fig, np.asarray(mu, dtype=float), np.asarray(sigma, dtype=float))
+    mu, sigma = np.asarray(mu, dtype=float), np.asarray(sigma, dtype=float)
+    fig = go.Figure()
+    if codes is not None:
+        codes = np.asarray(codes, dtype=float)
+        fig.add_trace(go.Scatter(x=codes[:, 0], y=codes[:, 1], mode="markers",
+                                 name=f"the latent map: mu(x) of {len(codes)} test samples",
+                                 marker=dict(size=5, color="#b0b0b0", opacity=0.6), hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=z[:, 0], y=z[:, 1], mode="markers", name=f"z = mu + sigma * eps ({len(z)} draws)",
+                             marker=dict(size=6, color=TERM_COLORS["recon"], opacity=0.7)))
+    _add_q_ellipses(fig, mu, sigma)
+    if codes is not None:  # open on the draws, not on the whole map (where a sharp q is a dot)
+        lo = np.minimum(z.min(axis=0), mu - 2 * sigma)
+        hi = np.maximum(z.max(axis=0), mu + 2 * sigma)
+        centre, half = (lo + hi) / 2, np.max(hi - lo) * 1.5 / 2 + 1e-6
+        fig.update_xaxes(range=[centre[0] - half, centre[0] + half])
+        fig.update_yaxes(range=[centre[1] - half, centre[1] + half])
     fig.update_xaxes(title=axis_titles[0])
     fig.update_yaxes(title=axis_titles[1], scaleanchor="x", scaleratio=1)
     return _layout(fig, title, height=420)

@@ -56,12 +56,14 @@ def reparameterization(page: common.ExplorePage, i: int) -> None:
             if page.enc.latent_dim == 1:  # the line z = mu + sigma * eps itself
                 pts, mu, sd = np.c_[r.z[:m, 0], r.eps[:m, 0]], np.r_[r.mu[0], 0.0], np.r_[r.sigma[0], 1.0]
                 titles = ("z", "eps")
+                codes = None
             else:
                 pts, mu, sd = r.z[:m][:, [a, b]], r.mu[[a, b]], r.sigma[[a, b]]
                 titles = (f"z{a + 1}", f"z{b + 1}")
+                codes = page.enc.mu[:, [a, b]]  # the latent map behind the draws
             common.chart(common.shared_figure(
                 ("reparam_cloud", page.checkpoint, i, m), lambda: charts_elbo.reparam_cloud(
-                pts, mu, sd, titles, f"Sample {i}: M = {m} draws of z = mu + sigma * eps (eq 1.24)")),
+                pts, mu, sd, titles, f"Sample {i}: M = {m} draws of z = mu + sigma * eps (eq 1.24)", codes)),
                 key="reparam_cloud")
         with right:
             est, se = float(r.estimate[m - 1]), float(r.se[m - 1])

@@ -66,3 +66,22 @@ def test_a_1d_posterior_is_drawn_as_two_densities(tmp_path):
     assert abs(float(np.sum(p["density"]) * (z[1] - z[0])) - 1) < 1e-6  # a density on the grid
     fig = charts_elbo.posterior_heatmap(p["axes"], p["density"], p["mu"], p["sigma"], "t")
     assert [tr.name for tr in fig.data] == ["true posterior p(z|x)", "q(z|x)"]
+
+
+def test_the_reparameterization_cloud_is_drawn_on_the_latent_map():
+    rng = np.random.default_rng(0)
+    mu, sigma = np.array([1.0, -2.0]), np.array([0.05, 0.1])
+    z = mu + sigma * rng.standard_normal((20, 2))  # eq 1.24
+    codes = rng.standard_normal((300, 2)) * 3  # the map: spread far wider than q
+    fig = charts_elbo.reparam_cloud(z, mu, sigma, ("z1", "z2"), "t", codes)
+    names = [t.name for t in fig.data]
+    assert names[0] == "the latent map: mu(x) of 300 test samples"  # behind everything else
+    assert len(fig.data[0].x) == 300 and names[1] == "z = mu + sigma * eps (20 draws)"
+    # the view opens on the draws and q's 2-sigma ellipse, not on the whole map
+    (x0, x1), (y0, y1) = fig.layout.xaxis.range, fig.layout.yaxis.range
+    for lo, hi, k in ((x0, x1, 0), (y0, y1, 1)):
+        assert lo < min(z[:, k].min(), mu[k] - 2 * sigma[k]) and hi > max(z[:, k].max(), mu[k] + 2 * sigma[k])
+        assert hi - lo < 2.0  # the map spans about 18
+    # without the map: only the draws and q, autoscaled
+    bare = charts_elbo.reparam_cloud(z, mu, sigma, ("z1", "z2"), "t")
+    assert bare.data[0].name.startswith("z = mu") and bare.layout.xaxis.range is None
