@@ -30,7 +30,8 @@ def prior_samples(page: common.ExplorePage) -> None:
     samples = cached.samples(page.checkpoint, n, seed)
     if page.enc.is_image:
         grid = pictures.png(samples, ncols=min(n, 16), size=56)
-        st.image(grid, caption=f"{n} samples, seed {seed}")
+        st.image(grid, caption=f"{n} samples, seed {seed}",  # alt: the accessible name (a caption is not one)
+                 alt=f"{n} images decoded from z ~ N(0, I), seed {seed}")
         st.download_button("Sample grid (PNG)", grid, key="download_samples", icon=":material/download:",
                            file_name=f"{exports.file_stem(page.summary.name, 'samples', f'seed{seed}')}.png",
                            mime="image/png", on_click="ignore")
@@ -101,7 +102,8 @@ def show_traversals(enc: explore.Encoded, images: np.ndarray, steps: int, labels
     per dimension (a row per z value, a column per named feature)."""
     if enc.is_image:
         st.image(pictures.png(images, ncols=steps, size=56),
-                 caption="rows, top to bottom: " + ", ".join(labels))
+                 caption="rows, top to bottom: " + ", ".join(labels),
+                 alt=f"latent traversals: {len(labels)} rows of {steps} images, one row per latent dimension")
     elif images.ndim == 2 and images.shape[1] == 2:
         pts = {labels[r]: images[r * steps:(r + 1) * steps] for r in range(len(labels))}
         common.chart(charts.data_scatter(enc.x, pts, "Traversals decoded, in data space", names),
