@@ -127,3 +127,16 @@ def assert_usable(capsys, run_dir: Path) -> None:
     r = cli(capsys, "eval", run_dir, "--k", "5", "--json", "--threads", "1", "--no-quadrature")
     assert r.code == 0, r.stderr
     assert math.isfinite(json.loads(r.stdout)["elbo"])
+
+
+@pytest.fixture
+def jobs_root(tmp_path):
+    """An empty runs folder for the app's jobs; any job still there afterwards is cancelled."""
+    from explorer.services import jobs
+
+    root = tmp_path / "runs"
+    root.mkdir()
+    yield root
+    for d in root.iterdir():  # never leave a job behind
+        if (d / jobs.JOB_FILE).exists():
+            jobs.cancel(d, wait_s=5)

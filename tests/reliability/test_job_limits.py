@@ -42,17 +42,13 @@ def _nice(pid: int) -> int:
 
 
 @pytest.fixture
-def root(tmp_path, monkeypatch):
+def root(jobs_root, monkeypatch):
+    """The runs folder with tight limits: 1 job at a time, 3 queued, 1 per session."""
     monkeypatch.setenv("VAE_MAX_JOBS", "1")
     monkeypatch.setenv("VAE_MAX_QUEUED", "3")
     monkeypatch.setenv("VAE_MAX_JOBS_PER_SESSION", "1")
     monkeypatch.delenv("VAE_JOB_NICE", raising=False)
-    root = tmp_path / "runs"
-    root.mkdir()
-    yield root
-    for d in root.iterdir():  # never leave a job behind
-        if (d / jobs.JOB_FILE).exists():
-            jobs.cancel(d, wait_s=5)
+    return jobs_root
 
 
 def test_eight_people_pressing_train_at_once_fill_the_queue_and_the_rest_are_told(root):

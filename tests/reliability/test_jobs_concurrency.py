@@ -62,13 +62,8 @@ def _wait(condition, what: str, timeout: float = WAIT_S):
 
 
 @pytest.fixture
-def root(tmp_path):
-    root = tmp_path / "runs"
-    root.mkdir()
-    yield root
-    for d in root.iterdir():  # never leave a job behind
-        if (d / jobs.JOB_FILE).exists():
-            jobs.cancel(d, wait_s=5)
+def root(jobs_root):
+    return jobs_root
 
 
 def test_two_presses_of_train_in_one_server_start_one_job(root):
