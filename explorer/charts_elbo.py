@@ -32,19 +32,22 @@ def _add_q_ellipses(fig: go.Figure, mu: np.ndarray, sigma: np.ndarray, **where) 
 # -- 1. the reparameterization trick -------------------------------------------------------------
 
 def reparam_cloud(z: np.ndarray, mu: np.ndarray, sigma: np.ndarray, axis_titles: tuple[str, str],
-                  title: str, codes: np.ndarray | None = None) -> go.Figure:
+                  title: str, codes: np.ndarray | None = None, max_codes: int = 3000) -> go.Figure:
     """The M draws z_m = mu + sigma * eps_m (M, 2) on the latent map, with q(z|x)'s ellipses.
 
     codes (N, 2), optional: the latent map itself (the test set's posterior means), drawn grey
-    behind the draws; the view opens on the draws and q's 2-sigma ellipse with room around them
-    (double-click shows the whole map)."""
+    behind the draws, at most max_codes of them (evenly spaced: the map is context here); the
+    view opens on the draws and q's 2-sigma ellipse with room around them (double-click shows
+    the whole map)."""
     z = np.asarray(z, dtype=float)
     mu, sigma = np.asarray(mu, dtype=float), np.asarray(sigma, dtype=float)
     fig = go.Figure()
     if codes is not None:
-        codes = np.asarray(codes, dtype=float)
+        n = len(codes)
+        codes = np.asarray(codes, dtype=float)[np.linspace(0, n - 1, min(n, max_codes)).astype(int)]
+        of = f"{len(codes)} of {n}" if len(codes) < n else f"{n}"
         fig.add_trace(go.Scatter(x=codes[:, 0], y=codes[:, 1], mode="markers",
-                                 name=f"the latent map: mu(x) of {len(codes)} test samples",
+                                 name=f"the latent map: mu(x) of {of} test samples",
                                  marker=dict(size=5, color="#b0b0b0", opacity=0.6), hoverinfo="skip"))
     fig.add_trace(go.Scatter(x=z[:, 0], y=z[:, 1], mode="markers", name=f"z = mu + sigma * eps ({len(z)} draws)",
                              marker=dict(size=6, color=TERM_COLORS["recon"], opacity=0.7)))
@@ -205,8 +208,12 @@ def code_histograms(z: np.ndarray, dims: list[int]) -> go.Figure:
     grid = np.linspace(-4, 4, 200)
     prior = np.exp(-0.5 * grid**2) / np.sqrt(2 * np.pi)
     for col, j in enumerate(dims, start=1):
-        fig.add_trace(go.Histogram(x=z[:, j], histnorm="probability density", nbinsx=50, name="q(z_j), aggregate",
-                                   marker_color=TERM_COLORS["elbo"], opacity=0.7, showlegend=col == 1),
+        # binned here, not in the browser: 50 bars instead of every draw (N x draws values)
+        density, edges = np.histogram(z[:, j], bins=50, density=True)
+        fig.add_trace(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=density, width=np.diff(edges),
+                             name="q(z_j), aggregate", marker_color=TERM_COLORS["elbo"], opacity=0.7,
+                             marker_line_width=0, showlegend=col == 1,
+                             hovertemplate="z = %{x:.2f}: density %{y:.3f}<extra></extra>"),
                       row=1, col=col)
         fig.add_trace(go.Scatter(x=grid, y=prior, mode="lines", name="N(0, 1), the prior",
                                  line=dict(color="black"), showlegend=col == 1), row=1, col=col)

@@ -132,7 +132,7 @@ def test_every_section_renders(page, app, runs, kind):
     agg, agg_se = (float(v) for v in kl["KL(q(z) || p(z))"].split(" ± "))
     assert abs(mi + agg - number(kl["mean KL(q(z|x) || p(z))"])) < 4 * (mi_se**2 + agg_se**2) ** 0.5 + 0.01, kl
     hist = harness.plotly_traces(chart(page, "code_histograms"))
-    assert [t["type"] for t in hist].count("histogram") == 2  # d = 2: one per dimension
+    assert [t["type"] for t in hist].count("bar") == 2  # d = 2: one histogram per dimension
 
     # 6. how many draws: every row states its draws and its ±
     table = harness.keyed(page, "section_draws").locator('[data-testid="stDataFrame"]')

@@ -85,3 +85,18 @@ def test_the_reparameterization_cloud_is_drawn_on_the_latent_map():
     # without the map: only the draws and q, autoscaled
     bare = charts_elbo.reparam_cloud(z, mu, sigma, ("z1", "z2"), "t")
     assert bare.data[0].name.startswith("z = mu") and bare.layout.xaxis.range is None
+    # a large test set: an evenly spaced subset of the map, and the name says so
+    big = charts_elbo.reparam_cloud(z, mu, sigma, ("z1", "z2"), "t", np.arange(20_000.0)[:, None].repeat(2, 1))
+    assert big.data[0].name == "the latent map: mu(x) of 3000 of 20000 test samples"
+    assert len(big.data[0].x) == 3000 and big.data[0].x[0] == 0 and big.data[0].x[-1] == 19_999
+
+
+def test_the_code_histograms_are_densities_binned_on_the_server():
+    z = np.random.default_rng(1).standard_normal((5000, 3))
+    fig = charts_elbo.code_histograms(z, [0, 2])
+    bars = [t for t in fig.data if t.type == "bar"]
+    assert len(bars) == 2
+    for j, bar in zip([0, 2], bars):
+        assert len(bar.x) == 50  # bins, not the 5000 draws
+        assert abs(float(np.sum(np.asarray(bar.y) * np.asarray(bar.width))) - 1) < 1e-9  # a density
+        assert abs(float(np.sum(np.asarray(bar.x) * bar.y * bar.width)) - z[:, j].mean()) < 0.02
