@@ -720,6 +720,9 @@ def section_load(ctx: Context) -> None:
             ctx.row("load", f"server RSS, {when}", rss[when] / 2**20, "MiB", ratio=grow,
                     baseline="warm" if grow else "", target="< 1.10x" if grow else "",
                     met=grow < 1.10 if grow else None)
+    if rss.get("before_soak") and rss.get("after_soak"):  # the soak alone: the caches were filled by the configurations
+        ctx.row("load", "server RSS, after the soak / before it", rss["after_soak"] / rss["before_soak"], "x",
+                note=f"{rss['before_soak'] / 2**20:.0f} -> {rss['after_soak'] / 2**20:.0f} MiB")
     tp = res.get("train_presses")
     if tp:
         ctx.row("load", f"{tp['presses']} Train presses: jobs running", tp["running"], "",
