@@ -408,6 +408,8 @@ def widget_state(w: Widget, value):
         s.trigger_value = bool(value)
     elif w.kind == "checkbox":
         s.bool_value = bool(value)
+    elif w.kind == "slider" and len(w.proto.options):  # a select_slider: its options as shown
+        s.string_array_value.data.extend(str(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
     elif w.kind == "slider":
         s.double_array_value.data.extend(float(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
     elif w.kind == "number_input":
@@ -434,6 +436,8 @@ def proto_value(w: Widget):
         if was_set:
             return p.raw_value
         return p.options[p.default] if p.HasField("default") and p.default < len(p.options) else None
+    if w.kind == "slider" and len(p.options):  # a select_slider: the options as shown
+        return list(p.raw_value) if was_set else [p.options[int(i)] for i in p.default if 0 <= int(i) < len(p.options)]
     v = p.value if was_set and "value" in fields else getattr(p, "default", None)
     return list(v) if w.kind == "slider" else v
 
@@ -716,6 +720,9 @@ def section_load(ctx: Context) -> None:
             ctx.row("load", f"server RSS, {when}", rss[when] / 2**20, "MiB", ratio=grow,
                     baseline="warm" if grow else "", target="< 1.10x" if grow else "",
                     met=grow < 1.10 if grow else None)
+    if rss.get("before_soak") and rss.get("after_soak"):  # the soak alone: the caches were filled by the configurations
+        ctx.row("load", "server RSS, after the soak / before it", rss["after_soak"] / rss["before_soak"], "x",
+                note=f"{rss['before_soak'] / 2**20:.0f} -> {rss['after_soak'] / 2**20:.0f} MiB")
     tp = res.get("train_presses")
     if tp:
         ctx.row("load", f"{tp['presses']} Train presses: jobs running", tp["running"], "",

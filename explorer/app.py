@@ -57,6 +57,7 @@ def main() -> None:
     state.set("view", view)
 
     common.freeze_startup_objects()
+    common.start_memory_housekeeping()
     common.first_start()
     common.sidebar()
     state.write_to_url()
@@ -67,7 +68,6 @@ def main() -> None:
         logging.getLogger("explorer").exception("view %s failed", view)
         st.error(f"Something went wrong on this page ({type(e).__name__}: {str(e)[:200]}). "
                  "The run folders are unchanged; try another run or reload the page.")
-    common.collect_garbage_now_and_then()
 
 
 main()

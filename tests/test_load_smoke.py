@@ -58,3 +58,50 @@ def test_a_widget_that_is_not_there_is_logged_not_fatal(app):
     assert found is not None and found.kind == "selectbox" and len(found.proto.options) > 1
     assert absent is None and any("no_such_widget" in m for m in log.missing)
     assert log.errors == []
+
+
+@pytest.mark.slow
+def test_the_server_runs_its_memory_housekeeping(app):
+    """Once a page has run, the server has the thread that collects garbage and gives freed
+    memory back every few seconds (explorer/services/memory.py), whatever the sessions do."""
+    import asyncio
+    from pathlib import Path
+
+    async def go():
+        s = load.Session(app.url, "memory")
+        try:
+            await s.open("latent-map")
+            return s.log
+        finally:
+            await s.close()
+
+    log = asyncio.run(go())
+    assert log.errors == [] and log.runs_finished >= 1
+    names = [p.read_text().strip() for p in Path(f"/proc/{app.proc.pid}/task").glob("*/comm")]
+    assert names.count("vae-memory") == 1, names
+
+
+@pytest.mark.slow
+def test_a_select_slider_is_sent_as_the_browser_sends_it(app):
+    """Inside the ELBO's M (a select_slider): its options as strings, moved and then sent
+    again with the next rerun, as a browser does; the page takes both without an error."""
+    import asyncio
+
+    async def go():
+        s = load.Session(app.url, "select-slider")
+        try:
+            await s.open("inside-elbo")
+            m = s.find(key="reparam_m", kind="slider")
+            assert m is not None and len(m.proto.options) > 1, s.log.missing
+            first = s.value(m)
+            assert first and all(v in m.proto.options for v in first), first
+            other = [o for o in m.proto.options if o not in first][-1]
+            await s.change(m, other)
+            await s.rerun()  # the slider's state goes with every rerun
+            return s.value(s.find(key="reparam_m", kind="slider")), other, s.log
+        finally:
+            await s.close()
+
+    value, other, log = asyncio.run(go())
+    assert log.errors == [], log.errors
+    assert value == [other]

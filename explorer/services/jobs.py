@@ -247,13 +247,19 @@ def _eta(run_dir: Path, status: dict, epoch: int, epochs: int) -> float | None:
     return max(0.0, per_epoch * (epochs - done))
 
 
-METRICS_TAIL_BYTES = 16_384  # the end of metrics.jsonl that _last_timed_row reads
+METRICS_TAIL_BYTES = 16_384  # the end of metrics.jsonl that last_metrics_row reads
 
 
 def _last_timed_row(run_dir: Path) -> dict | None:
     """The last readable row of metrics.jsonl with a wall_time, from the file's last
     METRICS_TAIL_BYTES only; None if there is none there. The job line asks for the time left
     every second: reading the whole file made that grow with the run's epochs (issue 17)."""
+    return last_metrics_row(run_dir, lambda row: isinstance(row.get("wall_time"), (int, float)))
+
+
+def last_metrics_row(run_dir: Path, wanted=lambda row: True) -> dict | None:
+    """The last readable row of metrics.jsonl (a dict) for which wanted(row) holds, from the
+    file's last METRICS_TAIL_BYTES only; None if there is none there (or no file)."""
     try:
         with open(Path(run_dir) / "metrics.jsonl", "rb") as f:
             size = f.seek(0, os.SEEK_END)
@@ -269,7 +275,7 @@ def _last_timed_row(run_dir: Path) -> dict | None:
             row = json.loads(line)
         except (ValueError, RecursionError):
             continue
-        if isinstance(row, dict) and isinstance(row.get("wall_time"), (int, float)):
+        if isinstance(row, dict) and wanted(row):
             return row
     return None
 

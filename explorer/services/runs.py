@@ -149,7 +149,13 @@ def summarize(path: Path) -> RunSummary:
         if s.config is None and (path / "config.json").exists():
             s.message = str(e)
     js = jobs.job_state(path)
-    rows = read_metrics(path)
+    # The last row alone, from the file's end: a running job appends one every epoch, and the
+    # sidebar summarises it again on each full rerun of every session (issue 17: 30 ms at 3000
+    # epochs); the whole file only when its end holds no readable row.
+    last = jobs.last_metrics_row(path)
+    if last is None:
+        rows = read_metrics(path)
+        last = rows[-1] if rows else None
     if js is not None:
         s.state, s.epoch, s.epochs = js.state, js.epoch, js.epochs
         s.message = js.message or s.message
@@ -157,8 +163,7 @@ def summarize(path: Path) -> RunSummary:
         s.state = "done"
     if s.state == "unknown" and s.message:
         s.state = "failed"
-    if rows:
-        last = rows[-1]
+    if last is not None:
         s.epoch = max(s.epoch, int(last.get("epoch") or 0))
         s.final = {k: last.get(k) for k in ("test_elbo", "test_recon", "test_kl", "train_elbo",
                                              "sigma_dec", "active_units")}

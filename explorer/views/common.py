@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 import streamlit as st
 
 from explorer import charts, state
-from explorer.services import cached, explore, exports, jobs, pictures
+from explorer.services import cached, explore, exports, jobs, memory, pictures
 from explorer.services import runs as run_service
 from trainer import Run, RunConfig, TrainerError
 from trainer.runs import read_metrics
@@ -77,24 +76,15 @@ def freeze_startup_objects() -> None:
 
 
 _frozen = False  # freeze_startup_objects has run in this process
-GC_EVERY_S = 5.0  # at most one full garbage collection this often (collect_garbage_now_and_then)
-_last_gc = [time.monotonic()]
 
 
-def collect_garbage_now_and_then() -> None:
-    """A full garbage collection at most every GC_EVERY_S, at the end of a page run.
-
-    Streamlit's own collection after every script run (runner.postScriptGC, off in
-    .streamlit/config.toml) walks every object the sessions and the caches hold: 30-100 ms of
-    held GIL after each run and each fragment run, growing with the number of sessions, so
-    that 30 sessions paid for it hundreds of times a minute (issue 17). Python's own
-    generational collection still runs as usual; this keeps what postScriptGC was for (reference
-    cycles, e.g. a dropped session's figures, freed soon) at one collection per GC_EVERY_S."""
-    now = time.monotonic()
-    if now - _last_gc[0] < GC_EVERY_S:
-        return
-    _last_gc[0] = now
-    gc.collect()
+def start_memory_housekeeping() -> None:
+    """Once per server process: fewer malloc arenas, and a garbage collection with a malloc trim
+    every few seconds in a thread of its own (explorer/services/memory.py: what 30 sessions
+    freed was kept by malloc, and none of it was returned when they left; issue 17)."""
+    if not memory.started():
+        memory.limit_arenas()
+    memory.start()
 
 
 def chart(fig, key: str, config: dict | None = None, **kwargs):

@@ -102,3 +102,37 @@ def test_the_time_left_read_from_the_metrics_tail_is_the_whole_files(scratch_run
         f.write('{"epoch": 99999, "wall_ti')  # a row being written
     assert jobs._eta(path, {"started": started}, 0, epochs) == pytest.approx(whole_file(), rel=1e-12)
     assert jobs._eta(path, {}, 0, epochs) is None
+
+
+def test_a_summary_read_from_the_metrics_tail_is_the_whole_files(scratch_runs):
+    """runs.summarize reads only the end of metrics.jsonl (a running job appends a row every
+    epoch, and the sidebar summarises it on every full rerun): the same epoch and final numbers
+    as the last readable row of the whole file, for a long file, a cut-off last line, and an
+    end with no readable row at all (then the whole file is read)."""
+    from explorer.services import jobs
+    from trainer.runs import read_metrics
+
+    path = scratch_runs / "digits-2d"
+    metrics = path / "metrics.jsonl"
+    rows = read_metrics(path)
+
+    def from_every_row() -> tuple:
+        last = read_metrics(path)[-1]
+        return last["epoch"], {k: last.get(k) for k in ("test_elbo", "test_recon", "test_kl", "train_elbo",
+                                                         "sigma_dec", "active_units")}
+
+    def summarized() -> tuple:
+        s = run_service.summarize(path)
+        return s.epoch, s.final
+
+    longer = [{**r, "epoch": k * len(rows) + r["epoch"], "test_elbo": r["test_elbo"] - k}
+              for k in range(100) for r in rows]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in longer))
+    assert metrics.stat().st_size > jobs.METRICS_TAIL_BYTES
+    assert summarized() == from_every_row() and summarized()[0] == longer[-1]["epoch"]
+    with open(metrics, "a") as f:
+        f.write('{"epoch": 99999, "test_el')  # a row being written
+    assert summarized() == from_every_row()
+    with open(metrics, "a") as f:  # an end longer than the tail with no readable row
+        f.write("\n" + "not json\n" * (jobs.METRICS_TAIL_BYTES // 9 + 10))
+    assert summarized() == from_every_row() and summarized()[0] == longer[-1]["epoch"]
