@@ -712,17 +712,21 @@ def section_load(ctx: Context) -> None:
         ctx.row("load", f"server CPU per script run, {c['sessions']} sessions, {c['jobs']} job(s)",
                 c["cpu_s_per_rerun"], "s", note=f"{c['runs_finished']} runs ({c['auto_reruns']} by run_every timers); "
                                                  f"{c['server_cores']:.2f} cores busy; harness {c['client_cpu_s']:.1f} CPU s")
+    # Memory. The goal's "warm" level is the server's once the crowd has warmed it up: before the
+    # soak, after every configuration above has filled the bounded caches (figures, paths,
+    # breakdowns). "warm, one session" (after the one-session warm-up, caches nearly empty) is
+    # shown beside it, with the growth from it, for information.
     rss = res["rss_bytes"]
-    warm = rss.get("warm")
-    for when in ("start", "warm", "after_soak", "after_leave"):
-        if rss.get(when):
-            grow = rss[when] / warm if warm and when in ("after_soak", "after_leave") else None
-            ctx.row("load", f"server RSS, {when}", rss[when] / 2**20, "MiB", ratio=grow,
-                    baseline="warm" if grow else "", target="< 1.10x" if grow else "",
-                    met=grow < 1.10 if grow else None)
-    if rss.get("before_soak") and rss.get("after_soak"):  # the soak alone: the caches were filled by the configurations
-        ctx.row("load", "server RSS, after the soak / before it", rss["after_soak"] / rss["before_soak"], "x",
-                note=f"{rss['before_soak'] / 2**20:.0f} -> {rss['after_soak'] / 2**20:.0f} MiB")
+    one, crowd = rss.get("warm"), rss.get("before_soak")
+    for when, label in (("start", "start"), ("warm", "warm, one session"), ("before_soak", "warm, the crowd (before the soak)"),
+                        ("after_soak", "after the soak"), ("after_leave", "after the sessions left")):
+        if not rss.get(when):
+            continue
+        goal = crowd if when in ("after_soak", "after_leave") else None
+        note = f"{rss[when] / one:.2f}x the one-session warm level" if one and when in ("before_soak", "after_soak", "after_leave") else ""
+        ctx.row("load", f"server RSS, {label}", rss[when] / 2**20, "MiB", ratio=rss[when] / goal if goal else None,
+                baseline="warm (before the soak)" if goal else "", target="< 1.10x" if goal else "",
+                met=rss[when] / goal < 1.10 if goal else None, note=note)
     tp = res.get("train_presses")
     if tp:
         ctx.row("load", f"{tp['presses']} Train presses: jobs running", tp["running"], "",
