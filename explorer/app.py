@@ -19,7 +19,7 @@ if str(ROOT) not in sys.path:  # `streamlit run explorer/app.py` puts only explo
 import streamlit as st  # noqa: E402
 
 from explorer import state  # noqa: E402
-from explorer.views import common  # noqa: E402
+from explorer.views import first_start  # noqa: E402  (torch-free; the pages' modules are imported in main)
 
 VIEWS = Path(__file__).parent / "views"
 PAGES = {  # URL path -> page; "view" in the URL names one of these keys
@@ -39,6 +39,10 @@ START_VIEW = "latent-map"
 def main() -> None:
     st.set_page_config(page_title="VAE Latent Explorer", page_icon=":material/blur_on:", layout="wide")
     state.load_from_url()
+    # Before the pages' imports: the first start's training process starts (and imports torch)
+    # while this process imports torch, plotly and the trainer (1.5-3 s, the first run only).
+    first_start.start()
+    from explorer.views import common
     pages = {key: st.Page(VIEWS / p["page"], title=p["title"], icon=p["icon"], url_path=key)
              for key, p in PAGES.items()}
     # The root URL is a hidden page that opens the start view, so that every view has its
@@ -58,7 +62,6 @@ def main() -> None:
 
     common.freeze_startup_objects()
     common.start_memory_housekeeping()
-    common.first_start()
     common.sidebar()
     state.write_to_url()
     try:

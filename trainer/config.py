@@ -13,8 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import TrainerError
-from .likelihoods import LIKELIHOODS
-from .model import ARCHITECTURES
+
+# The names a config may choose, without importing torch (the app's first start validates its
+# config before its pages import torch: explorer/views/first_start.py). model.ARCHITECTURES and
+# likelihoods.LIKELIHOODS hold the things themselves and check, when imported, that their
+# keys are these.
+ARCHITECTURES = ("mlp", "conv", "linear")
+LIKELIHOODS = ("gaussian", "bernoulli", "continuous-bernoulli")
 
 
 @dataclass

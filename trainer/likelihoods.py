@@ -2,8 +2,8 @@
 
 The decoder network maps z to one output per value of x, `out` (..., D). What `out` means
 is the likelihood's business, and nothing outside this module asks which likelihood a
-model has: the model, the checks on the data, the CLI choices, the Train form and the
-config validation all read `LIKELIHOODS`.
+model has: the model, the checks on the data, the CLI choices and the Train form read `LIKELIHOODS`;
+config validation reads its names, `config.LIKELIHOODS` (no torch), checked against it here.
 
     log_prob(x, out, log_sigma_dec)  log p(x|z) per sample (..., N), nats, normalising
                                      constant included, so that log p(x) is a density's log
@@ -24,6 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from . import config
 from .errors import TrainerError
 
 LOG_2PI = math.log(2 * math.pi)
@@ -149,6 +150,8 @@ class ContinuousBernoulli(_InUnitInterval):
 
 
 LIKELIHOODS: dict[str, Likelihood] = {lik.name: lik for lik in (Gaussian(), Bernoulli(), ContinuousBernoulli())}
+if tuple(LIKELIHOODS) != config.LIKELIHOODS:  # the names config validation accepts, torch-free
+    raise ImportError(f"trainer.config.LIKELIHOODS must list {tuple(LIKELIHOODS)}")
 
 
 def get(name: str) -> Likelihood:

@@ -29,7 +29,7 @@ from torch import nn
 
 from typing import TYPE_CHECKING
 
-from . import likelihoods
+from . import config, likelihoods
 from .errors import TrainerError
 from .likelihoods import LOG_2PI
 
@@ -371,6 +371,8 @@ class ConvVAE(VAE):
 
 
 ARCHITECTURES: dict[str, type[VAE]] = {"mlp": MLPVAE, "conv": ConvVAE, "linear": LinearVAE}
+if tuple(ARCHITECTURES) != config.ARCHITECTURES:  # the names config validation accepts, torch-free
+    raise ImportError(f"trainer.config.ARCHITECTURES must list {tuple(ARCHITECTURES)}")
 
 
 def build_model(cfg: ModelConfig, data_shape) -> VAE:

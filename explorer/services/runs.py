@@ -33,19 +33,13 @@ from trainer.runs import load_config, read_data_info, read_metrics
 
 from . import jobs
 from .explore import EVAL_K
+from .run_folders import DEFAULT_RUNS_DIR, UPLOADS, default_runs_dir, is_run_folder  # noqa: F401 (torch-free)
 
-DEFAULT_RUNS_DIR = "runs"
-UPLOADS = "uploads"
 EVALUATION_FILE = "log_px.json"  # the Runs table's evaluation, kept per checkpoint
 
 # The app's own torch work (encoding a test set, decoding a path) is small: one thread by
 # default keeps it from competing with a training job for the cores.
 torch.set_num_threads(max(1, int(os.environ.get("VAE_APP_THREADS", "1") or 1)))
-
-
-def default_runs_dir() -> Path:
-    """The runs folder: $VAE_RUNS_DIR, or runs/ in the current directory."""
-    return Path(os.environ.get("VAE_RUNS_DIR") or DEFAULT_RUNS_DIR).expanduser().resolve()
 
 
 @dataclass
@@ -77,11 +71,6 @@ def runs_folder_problem(root: Path) -> str | None:
         return f"The runs folder {root} is a file, not a folder: type the folder of your runs in the sidebar."
     return (f"The runs folder {root} does not exist: check its spelling in the sidebar (Runs folder), "
             "or train a run on the Train page to create it.")
-
-
-def is_run_folder(path: Path) -> bool:
-    return path.is_dir() and path.name != UPLOADS and not path.name.startswith(".") and any(
-        (path / f).exists() for f in ("config.json", "status.json", jobs.JOB_FILE))
 
 
 def list_runs(root: Path) -> list[RunSummary]:

@@ -14,17 +14,13 @@ import streamlit as st
 from explorer import charts, state
 from explorer.services import cached, explore, exports, jobs, memory, pictures
 from explorer.services import runs as run_service
-from trainer import Run, RunConfig, TrainerError
+from trainer import Run, TrainerError
 from trainer.runs import read_metrics
 
-DEFAULT_RUN = "digits-2d"
+# the first start (torch-free: app.py runs it before importing this module)
+from .first_start import DEFAULT_RUN, autostart_enabled, default_config, runs_root  # noqa: F401
+
 NATS_NOTE = "All numbers are per sample, in nats, with the sign of a log-likelihood: higher is better."
-
-
-def runs_root() -> Path:
-    """The runs folder chosen in the sidebar ($VAE_RUNS_DIR or runs/ by default)."""
-    value = st.session_state.get("runs_dir") or str(run_service.default_runs_dir())
-    return Path(value).expanduser().resolve()
 
 
 def runs_folder_problem() -> str | None:
@@ -33,17 +29,6 @@ def runs_folder_problem() -> str | None:
     root = runs_root()
     return None if root == run_service.default_runs_dir() and not root.exists() \
         else run_service.runs_folder_problem(root)
-
-
-def autostart_enabled() -> bool:
-    return os.environ.get("VAE_AUTOSTART", "1").strip().lower() not in ("0", "false", "no", "off")
-
-
-def default_config() -> RunConfig:
-    """The first start's run: digits, 2-D latent, Gaussian p(x|z) with a learned sigma_dec."""
-    cfg = RunConfig(data="digits")
-    cfg.train.epochs = int(os.environ.get("VAE_DEFAULT_EPOCHS", "100"))
-    return cfg
 
 
 def fmt_seconds(s: float | None) -> str:
@@ -195,25 +180,6 @@ def sidebar_jobs(run_dirs: list[str]) -> None:
             st.caption(f"**{name}**: {js.state}")
 
 
-def first_start() -> None:
-    """With an empty runs folder, start the default training once per session."""
-    if st.session_state.get("_first_start_done"):
-        return
-    st.session_state["_first_start_done"] = True
-    root = runs_root()
-    if run_service.list_runs(root) or not autostart_enabled():
-        return
-    try:
-        jobs.start(root, DEFAULT_RUN, default_config(), jobs.train_threads())
-    except jobs.JobBusy:
-        pass  # another tab started it a moment ago
-    except (TrainerError, OSError) as e:
-        st.error(f"Could not start the first training in {root}: {e}")
-        return
-    state.set("run", DEFAULT_RUN)
-    st.session_state["_first_start_run"] = DEFAULT_RUN
-
-
 # -- the active run ------------------------------------------------------------------------------
 
 def active_summary() -> run_service.RunSummary | None:
@@ -290,13 +256,32 @@ def explore_page(title: str) -> ExplorePage | None:
     return ExplorePage(summary, run, ckpt, cached.encoded(ckpt))
 
 
-@st.fragment(run_every=1.0)
+LIVE_EVERY_S = 1.0  # live_progress's refresh
+FINISH_SLACK_S = 0.5  # how much longer than its estimate live_progress waits for a job about to end
+FINISH_POLL_S = 0.02
+
+
+def finished_within(path: Path, timeout_s: float) -> bool:
+    """Wait up to timeout_s for the run's job to end (its status.json says so); whether it did.
+    A job that ends before live_progress's next refresh is shown done as soon as it is, rather
+    than up to LIVE_EVERY_S later (half a second on average: the first start's map, issue 18)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(FINISH_POLL_S)
+        js = jobs.job_state(path)
+        if js is None or not js.active:
+            return True
+    return False
+
+
+@st.fragment(run_every=LIVE_EVERY_S)
 def live_progress(run_dir: str) -> None:
     """Progress bar, ETA, live curves and Cancel for a training job; reruns the whole page
     when the job ends so that it shows the result."""
     path = Path(run_dir)
     js = jobs.job_state(path)
-    if js is None or not js.active:
+    if js is None or not js.active or (js.eta_s is not None and js.eta_s < LIVE_EVERY_S
+                                       and finished_within(path, js.eta_s + FINISH_SLACK_S)):
         st.rerun(scope="app")
     waiting = run_service.waiting_for_slot(path)
     if waiting:
