@@ -40,8 +40,16 @@ WIDE_BOX = 6.0  # the first, coarse pass covers the prior's [-6, 6]^d and q's bo
 COARSE_SIDE = {1: 1000, 2: 64}  # cells per axis of the coarse pass
 
 
+def _tensor(a, dtype: torch.dtype) -> torch.Tensor:
+    """a (a tensor or an array) as a tensor of dtype. A read-only numpy array (the app shares
+    its arrays between sessions read-only) is copied first: torch cannot wrap one."""
+    if isinstance(a, np.ndarray) and not a.flags.writeable:
+        a = a.copy()
+    return torch.as_tensor(a, dtype=dtype)
+
+
 def _as_batch(model: VAE, x) -> torch.Tensor:
-    x = torch.as_tensor(x, dtype=next(model.parameters()).dtype)  # the model's own precision
+    x = _tensor(x, next(model.parameters()).dtype)  # the model's own precision
     return x.reshape(-1, *model.data_shape)
 
 
@@ -223,8 +231,8 @@ def kl_split(mu, logvar, draws: int = 8, seed: int = 0, max_codes: int = 2000) -
         KL(q(z) || p(z))  ~ mean of log q(z) - log p(z)
     Returns each with its standard error (over the codes: each code's mean over its draws is
     one independent term), the closed-form mean KL and the draws used (N * draws)."""
-    mu = torch.as_tensor(mu, dtype=torch.float64)
-    logvar = torch.as_tensor(logvar, dtype=torch.float64).expand_as(mu)[:max_codes]
+    mu = _tensor(mu, torch.float64)
+    logvar = _tensor(logvar, torch.float64).expand_as(mu)[:max_codes]
     mu = mu[:max_codes]
     n, d = mu.shape
     sd = torch.exp(0.5 * logvar)

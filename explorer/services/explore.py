@@ -314,7 +314,7 @@ def sample_breakdown(run: Run, x: np.ndarray, mc_samples: int = 100, k: int = 10
     """Fig 1.4 for one sample: recon, kl, elbo (M = mc_samples), the importance-sampled
     log p(x) (K = k) and the gap log p(x) - ELBO, an estimate of KL(q(z|x) || p(z|x)), with
     q(z|x)'s mu and logvar (a posterior narrower than float32 resolves makes them unreliable)."""
-    x = torch.as_tensor(np.asarray(x, dtype=np.float32))[None]
+    x = torch.tensor(np.asarray(x, dtype=np.float32))[None]  # a copy: the arrays are read-only
     t = run.elbo_terms(x, mc_samples=mc_samples, seed=seed)
     log_px = float(run.log_px(x, k=k, seed=seed + 1)[0])
     out = {"recon": float(t["recon"][0]), "kl": float(t["kl"][0]), "elbo": float(t["elbo"][0]), "log_px": log_px}

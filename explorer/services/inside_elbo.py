@@ -31,7 +31,9 @@ DISPLAY_SIDE = 160  # a heat map's cells per axis at most (the grid itself is fi
 
 
 def _x(run: Run, x) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(x, dtype=np.float32)).reshape(1, *run.model.data_shape)
+    """One sample x as the model's input (1, *data_shape): a copy (the encoded test set's arrays
+    are read-only, shared by every session)."""
+    return torch.tensor(np.asarray(x, dtype=np.float32)).reshape(1, *run.model.data_shape)
 
 
 def _mean_se(v: np.ndarray) -> tuple[float, float]:
@@ -149,7 +151,7 @@ def distance_from_truth(run: Run, x_test, n: int = TEST_SUBSET, seed: int = 0) -
     model = run.model
     if not posterior.has_closed_forms(model) and model.latent_dim <= 2:  # about 10,000 decodes per sample
         n = min(n, max(10, QUADRATURE_BUDGET // model.data_dim))
-    x = torch.as_tensor(np.asarray(x_test[:n], dtype=np.float32))
+    x = torch.tensor(np.asarray(x_test[:n], dtype=np.float32))  # a copy: the arrays are read-only
     gen = torch.Generator().manual_seed(seed)
     from trainer.elbo import elbo_terms, log_px
 
