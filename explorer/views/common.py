@@ -281,8 +281,7 @@ def live_progress(run_dir: str) -> None:
     when the job ends so that it shows the result."""
     path = Path(run_dir)
     js = jobs.job_state(path)
-    if js is None or not js.active or (js.eta_s is not None and js.eta_s < LIVE_EVERY_S
-                                       and finished_within(path, js.eta_s + FINISH_SLACK_S)):
+    if js is None or not js.active:
         st.rerun(scope="app")
     waiting = run_service.waiting_for_slot(path)
     if waiting:
@@ -304,6 +303,10 @@ def live_progress(run_dir: str) -> None:
     if st.button("Cancel training", key="cancel_training", icon=":material/stop_circle:"):
         with st.spinner("Stopping after the current step..."):
             jobs.cancel(path)
+        st.rerun(scope="app")
+    # A job about to end: with its progress drawn above (the page shows it meanwhile), wait for
+    # the end here rather than until the next refresh, and show the result at once.
+    if js.eta_s is not None and js.eta_s < LIVE_EVERY_S and finished_within(path, js.eta_s + FINISH_SLACK_S):
         st.rerun(scope="app")
 
 

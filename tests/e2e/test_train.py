@@ -40,7 +40,9 @@ def start_training(page, app, name: str, epochs: int, batch_size: int) -> None:
 
 
 def test_train_from_the_form(page, app, trained_run):
-    name, epochs = "form-run", 40  # several seconds of training: the bar is redrawn a few times
+    # several seconds of training, so that the bar (redrawn once a second) is seen part-way a few
+    # times: 40 epochs took 1.7 s on the development machine with the fast step, too few
+    name, epochs = "form-run", 150
     start_training(page, app, name, epochs, batch_size=32)
     page.get_by_text(f"{name} finished {epochs} epochs").wait_for(timeout=TRAIN_S * 1000)
     harness.wait_idle(page)
