@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.e2e import harness
-from tests.e2e.conftest import new_page, open_view
+from tests.e2e.conftest import open_view
 
 CLASSES = ("class_0", "class_1", "class_2")
 NUMBERS = ("epochs", "test ELBO", "recon", "KL", "log p(x)")  # the Runs table's columns compared
@@ -33,12 +33,6 @@ def server(tmp_path_factory, wine_run):
     harness.stop_app(app)
 
 
-@pytest.fixture
-def tab(browser):
-    context, page = new_page(browser)
-    yield page
-    context.close()
-
 
 def the_csv(run_dir: Path) -> tuple[list[str], np.ndarray, list[str]]:
     """The data file as the user wrote it: (feature names, values (N, 13), class per row)."""
@@ -49,10 +43,9 @@ def the_csv(run_dir: Path) -> tuple[list[str], np.ndarray, list[str]]:
     return drop(rows[0]), np.array([[float(v) for v in drop(r)] for r in rows[1:]]), [r[j] for r in rows[1:]]
 
 
-def test_the_latent_map_names_the_label_its_classes_and_the_features(server, tab):
+def test_the_latent_map_names_the_label_its_classes_and_the_features(server, page):
     from trainer import load_run
 
-    page = tab
     run_dir = server.runs_dir / "wine-names"
     features, values, classes = the_csv(run_dir)
     x_test = load_run(run_dir).load_data().x_test.numpy()
@@ -99,10 +92,9 @@ def wait_log_px(page, name: str) -> str:
     raise AssertionError(f"log p(x) of {name} not shown: {runs_table(page).get(name)}")
 
 
-def test_a_run_exported_and_imported_elsewhere_keeps_its_numbers(server, tab):
+def test_a_run_exported_and_imported_elsewhere_keeps_its_numbers(server, page):
     from trainer import evaluate_run, load_run
 
-    page = tab
     here, elsewhere = server.runs_dir / "wine-names", server.runs_dir.parent / "elsewhere" / "wine-names"
     open_view(page, server, "runs", "Runs", run="wine-names")
     wait_log_px(page, "wine-names")

@@ -35,12 +35,6 @@ def server(tmp_path_factory, digits_run):
     harness.stop_app(app)
 
 
-@pytest.fixture
-def tab(browser):
-    context, pg = new_page(browser)
-    yield pg
-    context.close()
-
 
 def table(page) -> list[dict]:
     return harness.table_rows(harness.keyed(page, "runs_table"))
@@ -74,8 +68,7 @@ def wait_log_px(page, names) -> dict[str, str]:
     raise AssertionError(f"log p(x) not shown for every run: {shown}")
 
 
-def test_runs_page(server, tab):
-    page = tab
+def test_runs_page(server, page):
     open_view(page, server, "runs", "Runs", run="b")
     shown = wait_log_px(page, RUNS)
     assert [r["run"] for r in table(page)][:3] == list(RUNS)
@@ -112,8 +105,7 @@ def error_text(page) -> list[str]:
     return [e.inner_text().strip() for e in page.locator('[data-testid="stAlertContentError"]').all()]
 
 
-def test_messages_say_what_happened(server, tab):
-    page = tab
+def test_messages_say_what_happened(server, page):
     # a link to a run that is not there: said, not swapped for another run
     page.goto(f"{server.url}/latent-map?view=latent-map&run=no-such-run")
     page.get_by_text("There is no run named 'no-such-run'").wait_for()
@@ -175,8 +167,7 @@ def stored(server) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.exists() else []
 
 
-def test_uploads_a_person_can_manage(server, tab):
-    page = tab
+def test_uploads_a_person_can_manage(server, page):
     open_view(page, server, "train", "Train")
     page.get_by_text("Use your own data (upload)").click()
     table_v1 = csv_file("table.csv", 1)
@@ -261,7 +252,7 @@ def png_file_name(chart) -> str:
     return chart.locator(".js-plotly-plot").first.evaluate("el => el._context.toImageButtonOptions.filename")
 
 
-def test_downloads(server, tab):
+def test_downloads(server, page):
     import csv
     import io
     import zipfile
@@ -271,7 +262,6 @@ def test_downloads(server, tab):
 
     from trainer import load_run
 
-    page = tab
     run = load_run(server.runs_dir / "c")
     data = run.load_data()
     with torch.no_grad():
