@@ -92,6 +92,10 @@ def digits_against_eager(ctx: Context, epochs: int) -> dict:
         times["eager"].append(eager.epoch())
         cpu["eager"].append(time.thread_time() - c0)
     ms = {k: median(v[1:]) * 1e3 for k, v in times.items()}
+    # The ratio of each round (one epoch of each, back to back): its spread says how much of a
+    # difference between two runs the machine's own noise can make.
+    rounds = sorted(e / f for f, e in zip(times["fast"][1:], times["eager"][1:]))
+    quartiles = [rounds[int(q * (len(rounds) - 1) + 0.5)] for q in (0.25, 0.5, 0.75)]
     cpu_ms = {k: median(v[1:]) * 1e3 for k, v in cpu.items()}
     # The fast step alone (no test evaluation), three epochs' worth of steps, profiled
     fast, B, n = trainers["fast"], cfg.train.batch_size, len(data.x_train)
@@ -115,6 +119,7 @@ def digits_against_eager(ctx: Context, epochs: int) -> dict:
                  "operator_calls": sum(e.count for e in prof.key_averages()) / steps}
     use_threads(ctx.threads)
     return {"epochs": epochs, "steps_per_epoch": steps // 3, "train_pass_ms": ms, "epoch_times_s": times,
+            "ratio_eager_to_fast_quartiles": quartiles,
             "train_pass_cpu_ms": cpu_ms, "epoch_cpu_s": cpu,
             "profile_fast": {"steps": steps, "wall_ms_per_step": wall / steps, "matrix_share_of_wall": matrix / wall,
                              "matrix_ms_per_step": matrix / steps, "top_ops_ms": dict(top),
@@ -131,7 +136,8 @@ def section_3(ctx: Context) -> None:
             f"plain eager loop (bench/eager.py) {ms['eager']:.1f} ms, same run", ">= 2x", ratio >= 2,
             f"autograd step {ms['autograd']:.1f} ms ({ms['eager'] / ms['autograd']:.2f}x); per step of 128: fast "
             f"{ms['fast'] / n_steps:.2f} ms of which matrix products {prof['matrix_ms_per_step']:.2f} ms "
-            f"({prof['matrix_share_of_wall']:.0%} of a profiled fast step), eager {ms['eager'] / n_steps:.2f} ms")
+            f"({prof['matrix_share_of_wall']:.0%} of a profiled fast step), eager {ms['eager'] / n_steps:.2f} ms; "
+            "the ratio of single rounds, quartiles: " + " / ".join(f"{q:.2f}x" for q in against["ratio_eager_to_fast_quartiles"]))
     cpu = against["train_pass_cpu_ms"]
     ctx.row("3", "digits training pass, CPU time (thread_time), fast step", cpu["fast"], "ms", cpu["eager"] / cpu["fast"],
             f"plain eager loop {cpu['eager']:.1f} ms CPU, same run", note=(
