@@ -71,6 +71,30 @@ def feature_names(enc: Encoded) -> list[str]:
     return list(enc.feature_names) if len(enc.feature_names) == d else [f"x{j + 1}" for j in range(d)]
 
 
+# A bar strip draws every feature on one vertical scale unless their spans differ by more than
+# this factor: a table in its own units (wine's proline spans ~1,400, its hue ~1.2) would show
+# one tall bar and flat lines. Standardised tables and generated vectors stay on one scale.
+SHARED_SCALE_MAX_SPREAD = 10.0
+
+
+def bar_scales(values: np.ndarray, include_zero: bool = False) -> dict:
+    """The vertical scale of a bar strip of values (N, B), one bar per feature: "range", [lo, hi]
+    over every value, and "ranges", one [lo, hi] per feature, when the features' spans differ
+    by more than SHARED_SCALE_MAX_SPREAD times (else None). include_zero: every range holds 0
+    (bars drawn from a zero line). An empty span becomes [lo, lo + 1]."""
+    v = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+    lo, hi = v.min(0), v.max(0)  # (B,)
+    if include_zero:
+        lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
+
+    def pair(a: float, b: float) -> list[float]:
+        return [float(a), float(b) if b > a else float(a) + 1.0]
+
+    spans = (hi - lo)[hi > lo]
+    apart = len(spans) > 0 and spans.max() > SHARED_SCALE_MAX_SPREAD * spans.min()
+    return {"range": pair(lo.min(), hi.max()), "ranges": [pair(a, b) for a, b in zip(lo, hi)] if apart else None}
+
+
 def is_discrete(values: np.ndarray) -> bool:
     v = np.asarray(values, dtype=float)
     return bool(np.all(v == np.round(v)) and len(np.unique(v)) <= MAX_DISCRETE)

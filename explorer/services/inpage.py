@@ -7,7 +7,9 @@ Two payloads, each one binary blob (`pack`), sent once and kept by the page:
         atlas_x, atlas_recon  (n, H, W, C) uint8  the inputs and their reconstructions
                               f(mu(x)) as thumbnails (image data), tile k = sample atlas_index[k]
         bars_x, bars_recon    (n, B) float32      non-image data: the first B values, a bar strip
-                                                  (meta feature_names: their B names)
+                                                  (meta feature_names: their B names;
+                                                  bar_range, and bar_ranges per feature when
+                                                  one scale would flatten some: explore.bar_scales)
         decoder weights       w0, b0, w1, b1, ... float32 (mlp, linear: a JS forward pass)
         conv_grid             (G*G, H, W, C) uint8 decodes on a G x G grid (conv: looked up)
         plane                 z = mean + u * axes[0] + v * axes[1]: the plane the cursor
@@ -218,9 +220,8 @@ def samples_payload(run: Run, enc: explore.Encoded, recon: np.ndarray,
         arrays["bars_recon"] = recon.reshape(enc.n, -1)[shown, :bars].astype(np.float32)
         meta["bars"] = bars
         meta["feature_names"] = explore.feature_names(enc)[:bars]  # the bars' names, for the hover
-        lo = float(min(flat_x.min(), arrays["bars_recon"].min()))
-        hi = float(max(flat_x.max(), arrays["bars_recon"].max()))
-        meta["bar_range"] = [lo, hi if hi > lo else lo + 1.0]
+        scales = explore.bar_scales(np.concatenate([flat_x, arrays["bars_recon"]]))
+        meta["bar_range"], meta["bar_ranges"] = scales["range"], scales["ranges"]  # ranges: one per feature, or None
 
     # the page runs the decoder where it knows the architecture and the likelihood's mean
     layers = decoder_layers(run) if run.config.model.likelihood in OUTPUTS else None
@@ -354,6 +355,6 @@ def inputs_payload(x: np.ndarray, is_image: bool, feature_names: list[str] | Non
         d = int(np.prod(x.shape[1:]))
         names = list(feature_names) if feature_names and len(feature_names) == d else [f"x{j + 1}" for j in range(d)]
         meta["feature_names"] = names[:bars]
-        lo, hi = float(arrays["bars_x"].min()), float(arrays["bars_x"].max())
-        meta["bar_range"] = [lo, hi if hi > lo else lo + 1.0]
+        scales = explore.bar_scales(arrays["bars_x"])
+        meta["bar_range"], meta["bar_ranges"] = scales["range"], scales["ranges"]
     return pack(meta, arrays)

@@ -13,7 +13,9 @@ Layout of the bytes (little-endian):
     [4+n:]      the blobs, each at an offset (a multiple of 4) from there that the header names
 
 Header: {"version", "id", "t0", "method", "kind" ("image" or "values"), "steps", "t",
-"shape", "range", "feature_names" (the D values' names, non-image data; else []), "map": {...},
+"shape", "range" ([lo, hi] of the bars), "ranges" (one [lo, hi] per value when their spans differ
+too much for one scale, explore.bar_scales; else null), "feature_names" (the D values' names,
+non-image data; else []), "map": {...},
 "blobs": {name: [offset, nbytes, dtype, shape]}}.
 Blobs: "frames" (uint8 (T, H, W, C), the decoded means clipped to [0, 1] times 255, rounded)
 for images, or "values" (float32 (T, D)) for other data; "points" (float32 (N, 2), the
@@ -87,12 +89,13 @@ def payload(frames: explore.PathFrames, is_image: bool, points: np.ndarray, path
     if is_image:
         blobs["frames"] = frames_uint8(frames.images)  # (T, H, W, C)
         shape = list(blobs["frames"].shape[1:])
-        value_range = [0.0, 1.0]
+        value_range, value_ranges = [0.0, 1.0], None
     else:
         values = np.asarray(frames.images, dtype=np.float32).reshape(steps, -1)  # (T, D)
         blobs["values"] = values
         shape = [values.shape[1]]
-        value_range = [float(min(0.0, values.min())), float(max(0.0, values.max()))]
+        scales = explore.bar_scales(values, include_zero=True)
+        value_range, value_ranges = scales["range"], scales["ranges"]
     shown = map_subsample(len(points), (a, b))
     colors, palette = map_colors(None if color_values is None else np.asarray(color_values)[shown], discrete)
     blobs["points"] = np.asarray(points, dtype=np.float32)[shown]  # (N, 2)
@@ -111,6 +114,7 @@ def payload(frames: explore.PathFrames, is_image: bool, points: np.ndarray, path
     header = {"version": VERSION, "method": method,
               "kind": "image" if is_image else "values", "steps": steps,
               "t": [round(float(t), 6) for t in frames.t], "shape": shape, "range": value_range,
+              "ranges": value_ranges,
               "feature_names": [str(n) for n in feature_names or []],
               "map": {"a": position[int(a)], "b": position[int(b)], "index": shown.tolist(),
                       "palette": palette, "color_name": color_name, "axis_titles": list(axis_titles),

@@ -70,10 +70,44 @@ def test_the_latent_map_names_the_label_its_classes_and_the_features(server, pag
         assert said.inner_text() == f"target: {classes[row]}"
         seen.add(i)
     names = page.locator(".vlm-bars-names").inner_text()
-    assert names == f"features: {', '.join(features[:3])}, ..., {features[-1]} ({len(features)})"
+    assert names == f"features: {', '.join(features[:3])}, ..., {features[-1]} ({len(features)}); each on its own scale"
     title = thumb.get_attribute("title")
     assert all(f"{f}: x = " in title for f in features), title  # every bar named in its tooltip
+    # Each bar drawn on its feature's own range (wine's units differ 1000-fold): the painted
+    # height of every bar, read off the canvas, is (v - lo) / (hi - lo) of its 60 px.
+    drawn = thumb.evaluate("""(c, bars) => {
+        const px = c.getContext("2d").getImageData(0, 0, c.width, c.height).data, bw = c.width / bars;
+        return Array.from({length: bars}, (_, b) => {
+            const x = Math.floor(b * bw + (bw - 1) / 2);
+            let n = 0;
+            for (let y = 0; y < c.height; y++) n += px[4 * (y * c.width + x) + 3] > 127 ? 1 : 0;
+            return n;
+        });
+    }""", 2 * len(features))
+    expected = expected_bar_heights(run_dir, i)
+    assert np.abs(np.array(drawn) - expected).max() <= 1.5, (drawn, expected.round(1).tolist())
+    assert (np.array(drawn) >= 4).sum() >= 2 * len(features) // 2  # most bars visibly tall, not flat lines
     harness.assert_no_traceback(page)
+
+
+def expected_bar_heights(run_dir: Path, i: int) -> np.ndarray:
+    """The heights (px) map.js's drawBars gives test sample i's bars, x and f(mu(x)) per
+    feature, from the payload the server sends (computed here the same way)."""
+    from explorer.services import explore, inpage
+    from trainer import load_run
+
+    run = load_run(run_dir)
+    enc = explore.encode_test(run)
+    _, meta, arrays = inpage.unpack(inpage.samples_payload(run, enc, run.decode(enc.mu).numpy()))
+    slot = int(np.flatnonzero(arrays["atlas_index"] == i)[0])
+    b = meta["bars"]
+    heights = []
+    for j in range(b):
+        lo, hi = meta["bar_ranges"][j]
+        base = min(max(0.0, lo), hi)
+        for series in (arrays["bars_x"], arrays["bars_recon"]):
+            heights.append(max(1.0, abs(series[slot, j] - base) / (hi - lo) * 60))
+    return np.array(heights)
 
 
 def runs_table(page) -> dict[str, dict]:

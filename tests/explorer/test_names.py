@@ -86,6 +86,35 @@ def test_the_map_payloads_name_the_label_its_categories_and_the_features(wine_ru
     assert meta["feature_names"] == read_csv(wine_run)[0]
 
 
+def test_bar_strips_of_features_in_their_own_units_get_a_scale_each(wine_run, enc):
+    """Wine in the file's units (proline spans ~1,400, hue ~1.2): one shared scale would leave
+    every bar but proline's a flat line, so the hover's strip and Interpolate's bars get one
+    range per feature, each that feature's min and max (Interpolate's holding 0). Features on
+    comparable scales keep one shared range."""
+    run = load_run(wine_run)
+    recon = run.decode(enc.mu).numpy()
+    _, meta, arrays = inpage.unpack(inpage.samples_payload(run, enc, recon))
+    both = np.concatenate([arrays["bars_x"], arrays["bars_recon"]])  # (2n, 13): what the strip draws
+    ranges = np.array(meta["bar_ranges"])
+    assert ranges.shape == (13, 2)
+    np.testing.assert_allclose(ranges[:, 0], both.min(0), rtol=1e-6)
+    np.testing.assert_allclose(ranges[:, 1], both.max(0), rtol=1e-6)
+    assert meta["bar_range"] == [float(both.min()), float(both.max())]  # the shared one, kept beside
+    spans = ranges[:, 1] - ranges[:, 0]
+    assert spans.max() / spans.min() > 100  # why: proline against hue
+    _, meta, _ = inpage.unpack(inpage.inputs_payload(enc.x, False, enc.feature_names))  # the live map's
+    np.testing.assert_allclose(np.array(meta["bar_ranges"])[:, 1], enc.x.max(0), rtol=1e-6)
+
+    at_zero = explore.bar_scales(enc.x, include_zero=True)["ranges"]  # Interpolate: bars from a zero line
+    assert all(lo <= 0.0 <= hi for lo, hi in at_zero)
+    standardised = (enc.x - enc.x.mean(0)) / enc.x.std(0)  # the same table in comparable units
+    scales = explore.bar_scales(standardised)
+    assert scales["ranges"] is None
+    assert scales["range"] == [float(standardised.min()), float(standardised.max())]
+    flat = explore.bar_scales(np.ones((4, 3)))  # no spread at all: a range of width 1, no division by 0
+    assert flat == {"range": [1.0, 2.0], "ranges": None}
+
+
 def test_the_latent_map_page_names_the_label_categories_and_features(wine_run, make_app):
     at = make_app(wine_run.parent, view="latent-map", run=wine_run.name, sample=4).run(timeout=120)
     assert_clean(at)
@@ -111,6 +140,9 @@ def test_interpolate_and_generate_name_the_features(wine_run, make_app):
     header, blobs = interpolation_message(at)
     assert header["kind"] == "values" and header["feature_names"] == features
     assert blobs["values"].shape[1] == len(features)
+    ranges = np.array(header["ranges"])  # the path's bars, each feature on its own scale, from 0
+    np.testing.assert_allclose(ranges[:, 0], np.minimum(blobs["values"].min(0), 0), rtol=1e-6)
+    np.testing.assert_allclose(ranges[:, 1], np.maximum(blobs["values"].max(0), 0), rtol=1e-6)
     strip = at.dataframe[0].value  # the strip, the page's one table
     assert list(strip.index) == features and strip.index.name == "feature"
     configs = {e.proto.id.rsplit("-", 1)[-1]: json.loads(e.proto.config) for e in at.get("plotly_chart")}

@@ -189,18 +189,24 @@ function drawImage(kept, k) {
 }
 
 function drawBars(kept, k) {
+  // The decoded values at step k as bars from a zero line: on header.range, or on each value's
+  // own range (header.ranges, each holding 0) where their units differ, with a zero tick per bar.
   const values = kept.path.blobs.values;
   const d = kept.path.header.shape[0];
-  const [lo, hi] = kept.path.header.range;
+  const ranges = kept.path.header.ranges;
   const ctx = kept.image.getContext("2d");
   const W = kept.image.width;
   const H = kept.image.height;
   const ink = getComputedStyle(kept.root).color;
   ctx.clearRect(0, 0, W, H);
-  const y = (v) => H - 4 - ((v - lo) / (hi - lo || 1)) * (H - 8);
+  const scale = (j) => {
+    const [lo, hi] = (ranges && ranges[j]) || kept.path.header.range;
+    return (v) => H - 4 - ((v - lo) / (hi - lo || 1)) * (H - 8);
+  };
+  const ys = Array.from({ length: d }, (_, j) => scale(j));
   const slot = W / d;
   for (let j = 0; j < d; j++) {
-    const v = values[k * d + j];
+    const v = values[k * d + j], y = ys[j];
     ctx.fillStyle = v >= 0 ? "#1f77b4" : "#d62728";
     const top = Math.min(y(v), y(0));
     ctx.fillRect(j * slot + slot * 0.1, top, Math.max(1, slot * 0.8), Math.max(1, Math.abs(y(v) - y(0))));
@@ -208,12 +214,14 @@ function drawBars(kept, k) {
   // each bar named in the canvas's tooltip (and for a screen reader): "alcohol = 0.12", ...
   const names = kept.path.header.feature_names || [];
   const said = Array.from({ length: d }, (_, j) => `${names[j] || `x${j + 1}`} = ${values[k * d + j].toFixed(3)}`);
-  kept.image.title = `decoded values at t, left to right:\n${said.join("\n")}`;
+  kept.image.title = `decoded values at t, left to right${ranges ? ", each on its own scale" : ""}:\n${said.join("\n")}`;
   ctx.strokeStyle = ink;
   ctx.lineWidth = 1;
   ctx.beginPath();
-  ctx.moveTo(0, y(0));
-  ctx.lineTo(W, y(0));
+  for (let j = 0; j < d; j++) {  // the zero line, one piece per bar (at one height on a shared scale)
+    ctx.moveTo(j * slot, ys[j](0));
+    ctx.lineTo((j + 1) * slot, ys[j](0));
+  }
   ctx.stroke();
   if (d <= 16) {
     // each bar's coordinate and value, on the side of the zero line away from the bar
@@ -226,7 +234,7 @@ function drawBars(kept, k) {
       const up = v < 0;
       ctx.textBaseline = up ? "bottom" : "top";
       const name = (kept.path.header.feature_names || [])[j] || `x${j + 1}`;
-      ctx.fillText(`${name} = ${v.toFixed(2)}`, (j + 0.5) * slot, y(0) + (up ? -3 : 3) * dpr);
+      ctx.fillText(`${name} = ${v.toFixed(2)}`, (j + 0.5) * slot, ys[j](0) + (up ? -3 : 3) * dpr);
     }
   }
 }

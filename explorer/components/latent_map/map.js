@@ -126,30 +126,33 @@ function drawValues(canvas, values, shape) {
   ctx.putImageData(img, 0, 0);
 }
 
-function drawBars(canvas, series, range, colors) {
-  // A bar strip: one group of bars per value, one bar per series (input, reconstruction).
+function drawBars(canvas, series, meta, colors) {
+  // A bar strip: one group of bars per value, one bar per series (input, reconstruction), on
+  // meta.bar_range, or on each feature's own range (meta.bar_ranges) where their units differ.
   const W = 168, H = 64;
   if (canvas.width !== W || canvas.height !== H) { canvas.width = W; canvas.height = H; }
   const ctx = canvas.getContext("2d");
   ctx.clearRect(0, 0, W, H);
-  const [lo, hi] = range, n = series[0].length;
-  const y = v => H - 2 - ((v - lo) / (hi - lo)) * (H - 4);
-  const y0 = y(Math.min(Math.max(0, lo), hi));
+  const n = series[0].length;
   const bw = W / n / series.length;
-  series.forEach((s, j) => {
-    ctx.fillStyle = colors[j];
-    for (let i = 0; i < n; i++) {
+  for (let i = 0; i < n; i++) {
+    const [lo, hi] = (meta.bar_ranges && meta.bar_ranges[i]) || meta.bar_range;
+    const y = v => H - 2 - ((v - lo) / (hi - lo)) * (H - 4);
+    const y0 = y(Math.min(Math.max(0, lo), hi));
+    series.forEach((s, j) => {
+      ctx.fillStyle = colors[j];
       const top = y(s[i]);
       ctx.fillRect((i * series.length + j) * bw, Math.min(top, y0), Math.max(1, bw - 1), Math.abs(y0 - top) || 1);
-    }
-  });
+    });
+  }
 }
 
 function barsTitle(meta, series, names) {
   // A bar strip's tooltip: one line per bar, the feature's name and each series' value.
   const features = meta.feature_names || [];
   const n = series[0].length;
-  const lines = [`bars, left to right: ${names.join(", ")} per feature`];
+  const lines = [`bars, left to right: ${names.join(", ")} per feature` +
+    (meta.bar_ranges ? ", each feature on its own scale (its range over the test set)" : "")];
   for (let j = 0; j < n; j++) {
     lines.push(`${features[j] || `x${j + 1}`}: ` + series.map((s, k) => `${names[k]} = ${s[j].toFixed(3)}`).join(", "));
   }
@@ -160,7 +163,8 @@ function barsNames(meta) {
   // The bars' features in a line short enough for the hover: "alcohol, malic_acid, ash, ... (13 features)".
   const f = meta.feature_names || [];
   if (!f.length) return "";
-  return f.length <= 4 ? `features: ${f.join(", ")}` : `features: ${f.slice(0, 3).join(", ")}, ..., ${f[f.length - 1]} (${f.length})`;
+  const names = f.length <= 4 ? `features: ${f.join(", ")}` : `features: ${f.slice(0, 3).join(", ")}, ..., ${f[f.length - 1]} (${f.length})`;
+  return meta.bar_ranges ? `${names}; each on its own scale` : names;
 }
 
 function el(tag, attrs = {}, parent = null) {
@@ -562,7 +566,7 @@ class LatentMap {
     } else {
       const b = meta.bars, series = [arrays.bars_x.subarray(slot * b, (slot + 1) * b)];
       if (arrays.bars_recon) series.push(arrays.bars_recon.subarray(slot * b, (slot + 1) * b));
-      drawBars(this.thumb, series, meta.bar_range, ["#636EFA", "#EF553B"]);
+      drawBars(this.thumb, series, meta, ["#636EFA", "#EF553B"]);
       this.thumbRecon.parentElement.hidden = true;
       this.thumb.title = barsTitle(meta, series, ["x", "f(mu(x))"]);
       this.barsCaption.textContent = barsNames(meta);
@@ -604,7 +608,7 @@ class LatentMap {
     else if (meta.is_image) drawValues(this.decoded, out.values, meta.shape);
     else {
       const b = Math.min(out.values.length, meta.bars || 64);
-      drawBars(this.decoded, [out.values.subarray(0, b)], meta.bar_range, ["#00CC96"]);
+      drawBars(this.decoded, [out.values.subarray(0, b)], meta, ["#00CC96"]);
       this.decoded.title = barsTitle(meta, [out.values.subarray(0, b)], ["f(z)"]);
     }
     const where = meta.latent_dim <= 2 ? `z = (${u.toFixed(2)}, ${v.toFixed(2)})` : `PC (${u.toFixed(2)}, ${v.toFixed(2)})`;
