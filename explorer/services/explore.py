@@ -79,20 +79,20 @@ SHARED_SCALE_MAX_SPREAD = 10.0
 
 def bar_scales(values: np.ndarray, include_zero: bool = False) -> dict:
     """The vertical scale of a bar strip of values (N, B), one bar per feature: "range", [lo, hi]
-    over every value, and "ranges", one [lo, hi] per feature, when the features' spans differ
-    by more than SHARED_SCALE_MAX_SPREAD times (else None). include_zero: every range holds 0
-    (bars drawn from a zero line). An empty span becomes [lo, lo + 1]."""
+    over every value (holding 0 too with include_zero: bars drawn from a zero line), and
+    "ranges", each feature's own [lo, hi], when the features' spans differ by more than
+    SHARED_SCALE_MAX_SPREAD times (else None); a bar then rises from 0 where its range holds
+    0, else from its range's end nearer 0. An empty span becomes [lo, lo + 1]."""
     v = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
     lo, hi = v.min(0), v.max(0)  # (B,)
-    if include_zero:
-        lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
 
     def pair(a: float, b: float) -> list[float]:
         return [float(a), float(b) if b > a else float(a) + 1.0]
 
     spans = (hi - lo)[hi > lo]
     apart = len(spans) > 0 and spans.max() > SHARED_SCALE_MAX_SPREAD * spans.min()
-    return {"range": pair(lo.min(), hi.max()), "ranges": [pair(a, b) for a, b in zip(lo, hi)] if apart else None}
+    shared = pair(min(lo.min(), 0.0), max(hi.max(), 0.0)) if include_zero else pair(lo.min(), hi.max())
+    return {"range": shared, "ranges": [pair(a, b) for a, b in zip(lo, hi)] if apart else None}
 
 
 def is_discrete(values: np.ndarray) -> bool:

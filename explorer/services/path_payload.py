@@ -13,8 +13,8 @@ Layout of the bytes (little-endian):
     [4+n:]      the blobs, each at an offset (a multiple of 4) from there that the header names
 
 Header: {"version", "id", "t0", "method", "kind" ("image" or "values"), "steps", "t",
-"shape", "range" ([lo, hi] of the bars), "ranges" (one [lo, hi] per value when their spans differ
-too much for one scale, explore.bar_scales; else null), "feature_names" (the D values' names,
+"shape", "range" ([lo, hi] of the bars, holding 0), "ranges" (one [lo, hi] per value when their
+spans differ too much for one scale, explore.bar_scales; else null), "feature_names" (the D values' names,
 non-image data; else []), "map": {...},
 "blobs": {name: [offset, nbytes, dtype, shape]}}.
 Blobs: "frames" (uint8 (T, H, W, C), the decoded means clipped to [0, 1] times 255, rounded)
@@ -77,13 +77,15 @@ def map_subsample(n: int, keep: tuple[int, ...], limit: int = MAP_POINTS) -> np.
 def payload(frames: explore.PathFrames, is_image: bool, points: np.ndarray, path_xy: np.ndarray,
             a: int, b: int, t0: float, method: str, axis_titles: tuple[str, str] = ("", ""),
             color_values: np.ndarray | None = None, discrete: bool = False, color_name: str = "",
-            feature_names: list[str] | None = None) -> bytes:
+            feature_names: list[str] | None = None, reference: np.ndarray | None = None) -> bytes:
     """The component's message for one path.
 
     frames: the path decoded at T steps (explore.path_frames); points (N, 2): the test set's
     codes on the map; path_xy (T, 2): z(t_k) on the same map; a, b: the endpoints' test
     indices; t0: where the slider starts (0..1); color_values (N,): what colours the points;
-    feature_names: the D names of the decoded values (non-image data), for the bars."""
+    feature_names: the D names of the decoded values (non-image data), for the bars;
+    reference (N, D): values that set the bars' scale with the path's own (the test set: on a
+    scale per feature, a bar shows where in that feature's range the path is)."""
     steps = len(frames.t)
     blobs: dict[str, np.ndarray] = {}
     if is_image:
@@ -94,7 +96,8 @@ def payload(frames: explore.PathFrames, is_image: bool, points: np.ndarray, path
         values = np.asarray(frames.images, dtype=np.float32).reshape(steps, -1)  # (T, D)
         blobs["values"] = values
         shape = [values.shape[1]]
-        scales = explore.bar_scales(values, include_zero=True)
+        scaled = values if reference is None else np.concatenate([np.asarray(reference).reshape(-1, values.shape[1]), values])
+        scales = explore.bar_scales(scaled, include_zero=True)
         value_range, value_ranges = scales["range"], scales["ranges"]
     shown = map_subsample(len(points), (a, b))
     colors, palette = map_colors(None if color_values is None else np.asarray(color_values)[shown], discrete)

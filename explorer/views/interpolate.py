@@ -166,7 +166,8 @@ def path_message(page: common.ExplorePage, frames: explore.PathFrames, a: int, b
         values, discrete = explore.color_values(enc, color_by) if color_by else (None, False)
         message = path_payload.payload(frames, enc.is_image, proj.xy, proj.transform(frames.z), a, b, t, method,
                                        proj.axis_titles, values, discrete, color_by,
-                                       [] if enc.is_image else explore.feature_names(enc))
+                                       [] if enc.is_image else explore.feature_names(enc),
+                                       None if enc.is_image else enc.x)
         kept = (key, t, message)
         st.session_state["_interp_message"] = kept
     return kept[2], proj

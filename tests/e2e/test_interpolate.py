@@ -256,6 +256,7 @@ def test_data_that_is_not_an_image_is_drawn_as_bars_that_follow_the_drag(page, a
     harness.wait_idle(page)
     bars = page.get_by_role("img", name="decoded values at t", exact=True)
     assert bars.count() == 1 and decoded_canvas(page).count() == 0
+    assert bars.get_attribute("data-bar-labels") == "names and values"  # "x1 = 0.12": two short labels fit
     before = len(sent)
     seen = {pixels(bars)}
     for value in ("0.00", "0.30", "0.60", "1.00"):

@@ -90,6 +90,22 @@ def test_the_latent_map_names_the_label_its_classes_and_the_features(server, pag
     harness.assert_no_traceback(page)
 
 
+def test_interpolate_labels_its_bars_only_where_the_labels_fit(server, page):
+    """Wine's 13 long names ("od280/od315_of_diluted_wines = 0.12") do not fit a bar's slot:
+    the canvas shows the values alone (or nothing), never overlapping names; its tooltip
+    still names every bar."""
+    features = the_csv(server.runs_dir / "wine-names")[0]
+    open_view(page, server, "interpolate", "Interpolate", run="wine-names")
+    page.wait_for_function("() => document.querySelector('.vae-interp').dataset.pathId")
+    bars = page.get_by_role("img", name="decoded values at t", exact=True)
+    bars.wait_for()
+    assert bars.get_attribute("data-bar-labels") in ("values", "none")
+    title = bars.get_attribute("title")
+    assert title.startswith("decoded values at t, left to right, each on its own scale:")
+    assert all(f"{f} = " in title for f in features), title
+    harness.assert_no_traceback(page)
+
+
 def expected_bar_heights(run_dir: Path, i: int) -> np.ndarray:
     """The heights (px) map.js's drawBars gives test sample i's bars, x and f(mu(x)) per
     feature, from the payload the server sends (computed here the same way)."""

@@ -105,8 +105,8 @@ def test_bar_strips_of_features_in_their_own_units_get_a_scale_each(wine_run, en
     _, meta, _ = inpage.unpack(inpage.inputs_payload(enc.x, False, enc.feature_names))  # the live map's
     np.testing.assert_allclose(np.array(meta["bar_ranges"])[:, 1], enc.x.max(0), rtol=1e-6)
 
-    at_zero = explore.bar_scales(enc.x, include_zero=True)["ranges"]  # Interpolate: bars from a zero line
-    assert all(lo <= 0.0 <= hi for lo, hi in at_zero)
+    at_zero = explore.bar_scales(enc.x, include_zero=True)  # Interpolate's: its shared range holds 0
+    assert at_zero["range"] == [0.0, float(enc.x.max())] and at_zero["ranges"] == meta["bar_ranges"]
     standardised = (enc.x - enc.x.mean(0)) / enc.x.std(0)  # the same table in comparable units
     scales = explore.bar_scales(standardised)
     assert scales["ranges"] is None
@@ -140,9 +140,11 @@ def test_interpolate_and_generate_name_the_features(wine_run, make_app):
     header, blobs = interpolation_message(at)
     assert header["kind"] == "values" and header["feature_names"] == features
     assert blobs["values"].shape[1] == len(features)
-    ranges = np.array(header["ranges"])  # the path's bars, each feature on its own scale, from 0
-    np.testing.assert_allclose(ranges[:, 0], np.minimum(blobs["values"].min(0), 0), rtol=1e-6)
-    np.testing.assert_allclose(ranges[:, 1], np.maximum(blobs["values"].max(0), 0), rtol=1e-6)
+    # the path's bars, each feature on its own scale: its range over the test set and the path
+    x_test = explore.encode_test(load_run(wine_run)).x
+    ranges = np.array(header["ranges"])
+    np.testing.assert_allclose(ranges[:, 0], np.minimum(blobs["values"].min(0), x_test.min(0)), rtol=1e-6)
+    np.testing.assert_allclose(ranges[:, 1], np.maximum(blobs["values"].max(0), x_test.max(0)), rtol=1e-6)
     strip = at.dataframe[0].value  # the strip, the page's one table
     assert list(strip.index) == features and strip.index.name == "feature"
     configs = {e.proto.id.rsplit("-", 1)[-1]: json.loads(e.proto.config) for e in at.get("plotly_chart")}

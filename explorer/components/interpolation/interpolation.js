@@ -189,8 +189,9 @@ function drawImage(kept, k) {
 }
 
 function drawBars(kept, k) {
-  // The decoded values at step k as bars from a zero line: on header.range, or on each value's
-  // own range (header.ranges, each holding 0) where their units differ, with a zero tick per bar.
+  // The decoded values at step k as bars from a zero line on header.range, or, where the values'
+  // units differ, each on its own range (header.ranges: the test set's and the path's) from its
+  // baseline: 0 where the range holds it, else the range's end nearer 0 (as the map's strips).
   const values = kept.path.blobs.values;
   const d = kept.path.header.shape[0];
   const ranges = kept.path.header.ranges;
@@ -201,15 +202,15 @@ function drawBars(kept, k) {
   ctx.clearRect(0, 0, W, H);
   const scale = (j) => {
     const [lo, hi] = (ranges && ranges[j]) || kept.path.header.range;
-    return (v) => H - 4 - ((v - lo) / (hi - lo || 1)) * (H - 8);
+    return { y: (v) => H - 4 - ((v - lo) / (hi - lo || 1)) * (H - 8), base: Math.min(Math.max(0, lo), hi) };
   };
-  const ys = Array.from({ length: d }, (_, j) => scale(j));
+  const bars = Array.from({ length: d }, (_, j) => scale(j));
   const slot = W / d;
   for (let j = 0; j < d; j++) {
-    const v = values[k * d + j], y = ys[j];
+    const v = values[k * d + j], { y, base } = bars[j];
     ctx.fillStyle = v >= 0 ? "#1f77b4" : "#d62728";
-    const top = Math.min(y(v), y(0));
-    ctx.fillRect(j * slot + slot * 0.1, top, Math.max(1, slot * 0.8), Math.max(1, Math.abs(y(v) - y(0))));
+    const top = Math.min(y(v), y(base));
+    ctx.fillRect(j * slot + slot * 0.1, top, Math.max(1, slot * 0.8), Math.max(1, Math.abs(y(v) - y(base))));
   }
   // each bar named in the canvas's tooltip (and for a screen reader): "alcohol = 0.12", ...
   const names = kept.path.header.feature_names || [];
@@ -218,24 +219,35 @@ function drawBars(kept, k) {
   ctx.strokeStyle = ink;
   ctx.lineWidth = 1;
   ctx.beginPath();
-  for (let j = 0; j < d; j++) {  // the zero line, one piece per bar (at one height on a shared scale)
-    ctx.moveTo(j * slot, ys[j](0));
-    ctx.lineTo((j + 1) * slot, ys[j](0));
+  for (let j = 0; j < d; j++) {  // the baseline, one piece per bar (one line at 0 on a shared scale)
+    const { y, base } = bars[j];
+    ctx.moveTo(j * slot, y(base));
+    ctx.lineTo((j + 1) * slot, y(base));
   }
   ctx.stroke();
-  if (d <= 16) {
-    // each bar's coordinate and value, on the side of the zero line away from the bar
-    const dpr = window.devicePixelRatio || 1;
-    ctx.fillStyle = ink;
-    ctx.font = `${11 * dpr}px sans-serif`;
-    ctx.textAlign = "center";
-    for (let j = 0; j < d; j++) {
-      const v = values[k * d + j];
-      const up = v < 0;
-      ctx.textBaseline = up ? "bottom" : "top";
-      const name = (kept.path.header.feature_names || [])[j] || `x${j + 1}`;
-      ctx.fillText(`${name} = ${v.toFixed(2)}`, (j + 0.5) * slot, ys[j](0) + (up ? -3 : 3) * dpr);
-    }
+  // each bar's name and value beside its baseline (or its end, where the canvas has no room):
+  // "name = v" where every label fits its bar's slot, else the values alone, else none (the
+  // tooltip names them all)
+  const dpr = window.devicePixelRatio || 1;
+  ctx.font = `${11 * dpr}px sans-serif`;
+  const fit = (texts) => texts.every((t) => ctx.measureText(t).width <= slot - 4 * dpr);
+  const shown = Array.from({ length: d }, (_, j) => values[k * d + j].toFixed(2));
+  const named = shown.map((v, j) => `${names[j] || `x${j + 1}`} = ${v}`);
+  const labels = d > 16 ? null : fit(named) ? named : fit(shown) ? shown : null;
+  kept.image.dataset.barLabels = labels === named ? "names and values" : labels ? "values" : "none";
+  if (!labels) return;
+  ctx.textAlign = "center";
+  const line = 14 * dpr;  // a label's height, with room
+  const fits = ([at, hang]) => (hang === "top" ? at + line <= H : at - line >= 0);
+  for (let j = 0; j < d; j++) {
+    const { y, base } = bars[j], up = values[k * d + j] >= base, root = y(base), end = y(values[k * d + j]);
+    const s = up ? 3 * dpr : -3 * dpr;  // towards the canvas's bottom from the baseline, for a bar going up
+    // the first place that has room: past the baseline, past the bar's end; else inside its end, in white
+    const [at, hang, colour] = [[root + s, up ? "top" : "bottom", ink], [end - s, up ? "bottom" : "top", ink]].find(fits)
+      || [end + s, up ? "top" : "bottom", "#ffffff"];
+    ctx.textBaseline = hang;
+    ctx.fillStyle = colour;
+    ctx.fillText(labels[j], (j + 0.5) * slot, at);
   }
 }
 
