@@ -335,19 +335,26 @@ def data_scatter(data: np.ndarray, points: dict[str, np.ndarray], title: str,
     return _layout(fig, title)
 
 
-def vector_bars(vectors: dict[str, np.ndarray], title: str, feature_names: list[str] | None = None) -> go.Figure:
+def vector_bars(vectors: dict[str, np.ndarray], title: str, feature_names: list[str] | None = None,
+                ranges: list[list[float]] | None = None) -> go.Figure:
     """Vectors (D,) side by side per coordinate, e.g. an input and its reconstruction; each
-    coordinate named by feature_names (D names; else x1..xD)."""
+    coordinate named by feature_names (D names; else x1..xD). ranges: one [lo, hi] per
+    coordinate (explore.bar_scales, for features in units too far apart for one axis): the
+    bars then show (v - lo) / (hi - lo), where in its range each value is; the hover says the value."""
+    d = len(np.ravel(next(iter(vectors.values())))) if vectors else 0
+    x = list(feature_names) if feature_names is not None and len(feature_names) == d else [f"x{j + 1}" for j in range(d)]
+    scaled = ranges is not None and len(ranges) == d
+    lo, hi = np.asarray(ranges, dtype=float).T if scaled else (0.0, 1.0)
     fig = go.Figure()
     for i, (name, v) in enumerate(vectors.items()):
         v = np.asarray(v, dtype=float).ravel()
-        x = list(feature_names) if feature_names is not None and len(feature_names) == len(v) else \
-            [f"x{j + 1}" for j in range(len(v))]
-        fig.add_trace(go.Bar(x=x, y=v, name=name, marker_color=CATEGORY_COLORS[i % len(CATEGORY_COLORS)],
-                             hovertemplate=f"{name}<br>%{{x}} = %{{y:.4g}}<extra></extra>"))
+        fig.add_trace(go.Bar(x=x, y=(v - lo) / (hi - lo) if scaled else v, customdata=v, name=name,
+                             marker_color=CATEGORY_COLORS[i % len(CATEGORY_COLORS)],
+                             hovertemplate=f"{name}<br>%{{x}} = %{{customdata:.4g}}<extra></extra>"))
     fig.update_layout(barmode="group")
     fig.update_xaxes(type="category")  # names as they are (a column named "1" stays a name)
-    fig.update_yaxes(title="value (data units)")
+    fig.update_yaxes(title="place in the feature's test-set range (0: its min, 1: its max)" if scaled
+                     else "value (data units)")
     return _layout(fig, title, height=300)
 
 

@@ -372,5 +372,6 @@ def show_sample(enc: explore.Encoded, i: int, recon: np.ndarray, caption_prefix:
                  alt=f"{caption_prefix}reconstruction f(mu(x)) of test sample {i}")
     else:
         chart(charts.vector_bars({"input x": enc.x[i], "reconstruction f(mu(x))": recon},
-                                 f"Sample {i}: input and reconstruction", explore.feature_names(enc)),
+                                 f"Sample {i}: input and reconstruction", explore.feature_names(enc),
+                                 explore.bar_scales(enc.x)["ranges"]),
               key=f"vec_{caption_prefix}{i}")

@@ -17,7 +17,7 @@ import pytest
 
 from explorer import charts
 from explorer.services import explore, exports, inpage
-from explorer_helpers import assert_clean, interpolation_message, latent_map, plotly_specs
+from explorer_helpers import array, assert_clean, interpolation_message, latent_map, plotly_specs
 from trainer import load_run
 
 CLASSES = ["class_0", "class_1", "class_2"]
@@ -128,6 +128,9 @@ def test_the_latent_map_page_names_the_label_categories_and_features(wine_run, m
     bars = [s for s in plotly_specs(at) if s["data"] and s["data"][0]["type"] == "bar"]
     assert bars and all(list(trace["x"]) == features for trace in bars[0]["data"])
     x4 = load_run(wine_run).load_data().x_test[4:5].numpy()
+    shown = bars[0]["data"][0]  # the input's bars: each at its place in the feature's test-set range
+    np.testing.assert_allclose(array(shown["customdata"]), x4[0], rtol=1e-6)
+    assert 0.0 <= array(shown["y"]).min() and array(shown["y"]).max() <= 1.0
     captions = [c.value for c in at.caption]
     assert f"target = {class_of_test_samples(wine_run, x4)[0]}" in captions
     assert any("test sample x of **wine.csv**," in c for c in captions), "the data set is named by its file"
@@ -188,5 +191,10 @@ def test_the_plotly_figures_use_the_names():
     assert [list(tr.x) for tr in fig.data] == [["alcohol", "ash", "hue"]] * 2
     fig = charts.vector_bars({"x": np.arange(3.0)}, "t", ["too", "few"])  # names that do not fit: numbered
     assert list(fig.data[0].x) == ["x1", "x2", "x3"]
+    # features in units far apart: each bar at its place in its own range, the value in the hover
+    fig = charts.vector_bars({"x": np.array([13.0, 1000.0])}, "t", ["alcohol", "proline"], [[11.0, 15.0], [280.0, 1680.0]])
+    np.testing.assert_allclose(fig.data[0].y, [0.5, 720 / 1400])
+    assert list(fig.data[0].customdata) == [13.0, 1000.0] and "customdata" in fig.data[0].hovertemplate
+    assert fig.layout.yaxis.title.text.startswith("place in the feature's test-set range")
     fig = charts.data_scatter(xy, {}, "t", ["alcohol", "ash"])
     assert (fig.layout.xaxis.title.text, fig.layout.yaxis.title.text) == ("alcohol", "ash")
