@@ -353,8 +353,7 @@ def vector_bars(vectors: dict[str, np.ndarray], title: str, feature_names: list[
                              hovertemplate=f"{name}<br>%{{x}} = %{{customdata:.4g}}<extra></extra>"))
     fig.update_layout(barmode="group")
     fig.update_xaxes(type="category")  # names as they are (a column named "1" stays a name)
-    fig.update_yaxes(title="place in the feature's test-set range (0: its min, 1: its max)" if scaled
-                     else "value (data units)")
+    fig.update_yaxes(title="place in range" if scaled else "value (data units)")  # in the test set: 0 its min, 1 its max
     return _layout(fig, title, height=300)
 
 
