@@ -110,8 +110,9 @@ def job_panel(root) -> None:
         st.error(f"Training {target.name} failed: {target.message}")
     elif target.state == "cancelled":
         st.warning(f"{target.name} was cancelled: {target.message or 'stopped by the user'}.")
-    if target.state in ("failed", "cancelled") and target.epoch < target.epochs \
-            and (target.path / "model.safetensors").exists():
+    # Any stopped run with weights resumes, also one killed after its last epoch was saved
+    # (the resumed job trains no epoch and marks it done).
+    if target.state in ("failed", "cancelled") and (target.path / "model.safetensors").exists():
         lr = None
         if target.config is not None:
             # A non-finite loss asks for a lower learning rate: offer a tenth of the run's.

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pickle
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 
 from explorer.services import jobs
 from trainer import RunConfig, load_run
-from trainer.runs import read_metrics
+from trainer.runs import read_metrics, read_status_raw
 
 from .conftest import ROOT, MakesMarker
 from .test_checkpoints import CONFIGS, DAMAGES, _edit_config
@@ -107,7 +109,8 @@ def test_cut_off_metrics_in_the_app(runs_dir, app):
 def test_a_killed_job_shows_failed_and_the_app_resumes_it(tmp_path, app):
     root = tmp_path / "runs"
     cfg = RunConfig(data="digits:test=0.75")
-    cfg.model.hidden, cfg.train.epochs, cfg.train.batch_size = [16], 6, 4
+    # 60 small epochs (tens of ms each): the kill after the second lands well before the end
+    cfg.model.hidden, cfg.train.epochs, cfg.train.batch_size = [16], 60, 4
     run_dir = jobs.start(root, "killed", cfg, threads=1)
     try:
         deadline = time.monotonic() + 240
@@ -119,6 +122,7 @@ def test_a_killed_job_shows_failed_and_the_app_resumes_it(tmp_path, app):
         while jobs.pid_alive(pid):
             time.sleep(0.05)
         saved = len(load_run(run_dir).metrics)
+        assert saved < 60, "the job was killed part-way"
 
         at = app(root, view="train")
         at.session_state["_last_job"] = "killed"
@@ -132,8 +136,41 @@ def test_a_killed_job_shows_failed_and_the_app_resumes_it(tmp_path, app):
             time.sleep(0.2)
         assert jobs.job_state(run_dir).state == "done"
         rows = read_metrics(run_dir)
-        assert [r["epoch"] for r in rows] == list(range(1, 7)), "resumed after the saved epochs, none twice"
+        assert [r["epoch"] for r in rows] == list(range(1, 61)), "resumed after the saved epochs, none twice"
         assert len(rows) > saved and load_run(run_dir).metrics == rows
+    finally:
+        jobs.cancel(run_dir, wait_s=5)
+
+
+@pytest.mark.slow
+def test_a_job_killed_after_its_last_epoch_was_saved_is_finished_by_resume(tmp_path, app):
+    """Killed between its last checkpoint and its final status: the page says failed and
+    offers Resume (as its message says), which trains no epoch and marks the run done."""
+    run_dir = tmp_path / "runs" / "last"
+    script = ("import os, signal, sys\n"
+              "from trainer import RunConfig, fit\n"
+              "cfg = RunConfig(data='digits:test=0.75')\n"
+              "cfg.model.hidden, cfg.train.epochs, cfg.train.threads = [16], 3, 1\n"
+              "kill = lambda row: row['epoch'] == 3 and os.kill(os.getpid(), signal.SIGKILL)\n"
+              "fit(cfg, sys.argv[1], on_epoch=kill)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(run_dir)], cwd=ROOT, timeout=240)
+    assert done.returncode == -signal.SIGKILL
+    assert read_status_raw(run_dir)["state"] == "running", "killed before its final status"
+    rows = read_metrics(run_dir)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+    at = app(run_dir.parent, view="train")
+    at.session_state["_last_job"] = "last"
+    at.run()
+    assert "resume" in _one_line_error(at, "Training last failed", "stopped without finishing")
+    at.button(key="resume_run").click().run()
+    assert not at.exception
+    try:
+        deadline = time.monotonic() + 240
+        while jobs.job_state(run_dir).state in jobs.ACTIVE and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert jobs.job_state(run_dir).state == "done"
+        assert read_metrics(run_dir) == rows, "no epoch trained twice, none lost"
     finally:
         jobs.cancel(run_dir, wait_s=5)
 
