@@ -337,24 +337,35 @@ def data_scatter(data: np.ndarray, points: dict[str, np.ndarray], title: str,
 
 def vector_bars(vectors: dict[str, np.ndarray], title: str, feature_names: list[str] | None = None,
                 ranges: list[list[float]] | None = None) -> go.Figure:
-    """Vectors (D,) side by side per coordinate, e.g. an input and its reconstruction; each
-    coordinate named by feature_names (D names; else x1..xD). ranges: one [lo, hi] per
+    """Vectors (D,) side by side per coordinate, e.g. an input and its reconstruction, as
+    horizontal bars: one row per coordinate, top to bottom in the data's order, named by
+    feature_names (D names; else x1..xD; a long name is shortened on the axis, whole in the
+    hover), so names read across even in a narrow column. ranges: one [lo, hi] per
     coordinate (explore.bar_scales, for features in units too far apart for one axis): the
     bars then show (v - lo) / (hi - lo), where in its range each value is; the hover says the value."""
     d = len(np.ravel(next(iter(vectors.values())))) if vectors else 0
-    x = list(feature_names) if feature_names is not None and len(feature_names) == d else [f"x{j + 1}" for j in range(d)]
+    names = list(feature_names) if feature_names is not None and len(feature_names) == d else [f"x{j + 1}" for j in range(d)]
     scaled = ranges is not None and len(ranges) == d
     lo, hi = np.asarray(ranges, dtype=float).T if scaled else (0.0, 1.0)
     fig = go.Figure()
     for i, (name, v) in enumerate(vectors.items()):
         v = np.asarray(v, dtype=float).ravel()
-        fig.add_trace(go.Bar(x=x, y=(v - lo) / (hi - lo) if scaled else v, customdata=v, name=name,
-                             marker_color=CATEGORY_COLORS[i % len(CATEGORY_COLORS)],
-                             hovertemplate=f"{name}<br>%{{x}} = %{{customdata:.4g}}<extra></extra>"))
-    fig.update_layout(barmode="group")
-    fig.update_xaxes(type="category")  # names as they are (a column named "1" stays a name)
-    fig.update_yaxes(title="place in range" if scaled else "value (data units)")  # in the test set: 0 its min, 1 its max
-    return _layout(fig, title, height=300)
+        fig.add_trace(go.Bar(y=names, x=(v - lo) / (hi - lo) if scaled else v, customdata=v, name=name,
+                             orientation="h", marker_color=CATEGORY_COLORS[i % len(CATEGORY_COLORS)],
+                             hovertemplate=f"{name}<br>%{{y}} = %{{customdata:.4g}}<extra></extra>"))
+    fig.update_layout(barmode="group", bargap=0.25)
+    # names as they are (a column named "1" stays a name), the first on top; shortened on the axis
+    fig.update_yaxes(type="category", autorange="reversed", tickmode="array", tickvals=names,
+                     ticktext=[n if len(n) <= BAR_NAME_CHARS else n[:BAR_NAME_CHARS - 1] + "…" for n in names])
+    fig.update_xaxes(title="place in range" if scaled else "value (data units)")  # in the test set: 0 its min, 1 its max
+    rows_px = (14 + 8 * len(vectors)) * d  # a row per coordinate, a bar per vector in it
+    _layout(fig, title, height=min(900, 150 + rows_px))
+    # the legend between the title and the bars (room for two rows in a narrow column)
+    fig.update_layout(margin=dict(t=92), legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0))
+    return fig
+
+
+BAR_NAME_CHARS = 18  # a feature name longer than this is shortened on vector_bars' axis
 
 
 def feature_heatmap(values: np.ndarray, feature_names: list[str], row_names: list[str], title: str,

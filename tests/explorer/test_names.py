@@ -126,11 +126,11 @@ def test_the_latent_map_page_names_the_label_categories_and_features(wine_run, m
     assert samples_meta["feature_names"] == features
     # the selected sample: its bars named by the CSV's columns, its label by its class name
     bars = [s for s in plotly_specs(at) if s["data"] and s["data"][0]["type"] == "bar"]
-    assert bars and all(list(trace["x"]) == features for trace in bars[0]["data"])
+    assert bars and all(list(trace["y"]) == features for trace in bars[0]["data"])
     x4 = load_run(wine_run).load_data().x_test[4:5].numpy()
     shown = bars[0]["data"][0]  # the input's bars: each at its place in the feature's test-set range
     np.testing.assert_allclose(array(shown["customdata"]), x4[0], rtol=1e-6)
-    assert 0.0 <= array(shown["y"]).min() and array(shown["y"]).max() <= 1.0
+    assert 0.0 <= array(shown["x"]).min() and array(shown["x"]).max() <= 1.0
     captions = [c.value for c in at.caption]
     assert f"target = {class_of_test_samples(wine_run, x4)[0]}" in captions
     assert any("test sample x of **wine.csv**," in c for c in captions), "the data set is named by its file"
@@ -188,13 +188,20 @@ def test_the_plotly_figures_use_the_names():
     assert fig.layout.legend.title.text == "target"
     assert "target: class_1" in points[1].hovertemplate
     fig = charts.vector_bars({"x": np.arange(3.0), "f(mu(x))": np.ones(3)}, "t", ["alcohol", "ash", "hue"])
-    assert [list(tr.x) for tr in fig.data] == [["alcohol", "ash", "hue"]] * 2
+    assert [list(tr.y) for tr in fig.data] == [["alcohol", "ash", "hue"]] * 2  # a row per feature
+    assert [tr.orientation for tr in fig.data] == ["h", "h"] and fig.layout.yaxis.autorange == "reversed"
     fig = charts.vector_bars({"x": np.arange(3.0)}, "t", ["too", "few"])  # names that do not fit: numbered
-    assert list(fig.data[0].x) == ["x1", "x2", "x3"]
+    assert list(fig.data[0].y) == ["x1", "x2", "x3"]
+    # a long name is shortened on the axis (a narrow column), whole in the hover's %{y}
+    long = "od280/od315_of_diluted_wines"
+    fig = charts.vector_bars({"x": np.arange(2.0)}, "t", ["hue", long])
+    assert list(fig.layout.yaxis.tickvals) == ["hue", long] and fig.data[0].y[1] == long
+    shown = fig.layout.yaxis.ticktext
+    assert shown[0] == "hue" and len(shown[1]) == charts.BAR_NAME_CHARS and long.startswith(shown[1][:-1])
     # features in units far apart: each bar at its place in its own range, the value in the hover
     fig = charts.vector_bars({"x": np.array([13.0, 1000.0])}, "t", ["alcohol", "proline"], [[11.0, 15.0], [280.0, 1680.0]])
-    np.testing.assert_allclose(fig.data[0].y, [0.5, 720 / 1400])
+    np.testing.assert_allclose(fig.data[0].x, [0.5, 720 / 1400])
     assert list(fig.data[0].customdata) == [13.0, 1000.0] and "customdata" in fig.data[0].hovertemplate
-    assert fig.layout.yaxis.title.text == "place in range"
+    assert fig.layout.xaxis.title.text == "place in range"
     fig = charts.data_scatter(xy, {}, "t", ["alcohol", "ash"])
     assert (fig.layout.xaxis.title.text, fig.layout.yaxis.title.text) == ("alcohol", "ash")
