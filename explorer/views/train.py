@@ -111,10 +111,11 @@ def job_panel(root) -> None:
     elif target.state == "cancelled":
         st.warning(f"{target.name} was cancelled: {target.message or 'stopped by the user'}.")
     # Any stopped run with weights resumes, also one killed after its last epoch was saved
-    # (the resumed job trains no epoch and marks it done).
+    # (all trained: the resumed job trains no epoch and marks it done).
     if target.state in ("failed", "cancelled") and (target.path / "model.safetensors").exists():
         lr = None
-        if target.config is not None:
+        all_trained = 0 < target.epochs <= target.epoch
+        if target.config is not None and not all_trained:
             # A non-finite loss asks for a lower learning rate: offer a tenth of the run's.
             lowered = target.state == "failed" and "non-finite" in (target.message or "")
             run_lr = target.config.train.lr
@@ -124,8 +125,9 @@ def job_panel(root) -> None:
                                  key="resume_lr",
                                  help=f"The run trained at {run_lr:g}. Adam's state is kept; only its step "
                                       "size changes (recorded in the run's config.json).")
-        if st.button(f"Resume {target.name} from its last saved epoch", key="resume_run",
-                     icon=":material/play_arrow:"):
+        label = f"Finish {target.name}: all {target.epochs} epochs are saved" if all_trained else \
+            f"Resume {target.name} from its last saved epoch"
+        if st.button(label, key="resume_run", icon=":material/play_arrow:"):
             try:
                 jobs.resume(root, target.name, jobs.train_threads(), lr=lr)
             except (TrainerError, OSError) as e:

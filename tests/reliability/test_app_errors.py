@@ -129,6 +129,7 @@ def test_a_killed_job_shows_failed_and_the_app_resumes_it(tmp_path, app):
         at.run()
         error = _one_line_error(at, "Training killed failed", "stopped without finishing")
         assert "resume" in error
+        assert at.button(key="resume_run").label == "Resume killed from its last saved epoch"
         at.button(key="resume_run").click().run()
         assert not at.exception
         deadline = time.monotonic() + 300
@@ -163,6 +164,8 @@ def test_a_job_killed_after_its_last_epoch_was_saved_is_finished_by_resume(tmp_p
     at.session_state["_last_job"] = "last"
     at.run()
     assert "resume" in _one_line_error(at, "Training last failed", "stopped without finishing")
+    assert at.button(key="resume_run").label == "Finish last: all 3 epochs are saved"
+    assert not [n for n in at.number_input if n.key == "resume_lr"], "no epoch left to set a rate for"
     at.button(key="resume_run").click().run()
     assert not at.exception
     try:
