@@ -50,14 +50,14 @@ def test_train_form_starts_one_job_and_a_second_click_does_not_duplicate(make_ap
     at = make_app(root, view="train").run()
     at.selectbox(key="train_data").set_value("gmm2d")
     at.text_input(key="train_data_options").input("n=400")
-    at.number_input(key="train_epochs").set_value(400)
+    at.number_input(key="train_epochs").set_value(5000)  # about a minute: still training when cancelled
     at.text_input(key="train_name").input("mixture")
     at.button(key="train_submit").click().run(timeout=30)
     run_dir = root / "mixture"
     try:
         assert_clean(at)
         job = jobs.read_job(run_dir)
-        assert job["config"]["data"] == "gmm2d:n=400" and job["config"]["train"]["epochs"] == 400
+        assert job["config"]["data"] == "gmm2d:n=400" and job["config"]["train"]["epochs"] == 5000
         assert at.query_params["run"] == "mixture"
         # the same settings again (a double click, or another tab): refused, no second folder
         at.text_input(key="train_name").input("")
