@@ -188,9 +188,14 @@ def results_out(root: Path, summaries: list[run_service.RunSummary]) -> None:
 def import_a_run(root: Path) -> None:
     st.file_uploader("Import a run (a zip exported from this app or `python -m trainer export`)", type=["zip"],
                      key="import_bundle", on_change=_import, args=(root,))
-    said = st.session_state.pop("_import_result", None)
-    if said:
-        (st.success if said[0] == "ok" else st.error)(said[1])
+    # What the import of the file in the uploader said, as long as that file is there (the page
+    # reruns on its own after an import, to estimate the new run's log p(x)), in this runs folder.
+    said = st.session_state.get("_import_result")
+    current = st.session_state.get("import_bundle")
+    if said and current is not None and said[:2] == (current.file_id, str(root)):
+        (st.success if said[2] == "ok" else st.error)(said[3])
+    elif said:
+        del st.session_state["_import_result"]  # the file was removed, or another runs folder is open
 
 
 def _import(root: Path) -> None:
@@ -200,10 +205,10 @@ def _import(root: Path) -> None:
     try:
         name = run_service.import_bundle(root, f.name, f.getvalue(), uploads.MAX_UPLOAD_MB * 2**20)
     except TrainerError as e:
-        st.session_state["_import_result"] = ("error", f"Not imported: {e}")
+        st.session_state["_import_result"] = (f.file_id, str(root), "error", f"Not imported: {e}")
         return
     state.set("run", name)
-    st.session_state["_import_result"] = ("ok", f"Imported {name}: it is now the active run.")
+    st.session_state["_import_result"] = (f.file_id, str(root), "ok", f"Imported {name}: it is now the active run.")
 
 
 # -- deleting a run ------------------------------------------------------------------------------

@@ -90,6 +90,28 @@ def test_the_latent_map_names_the_label_its_classes_and_the_features(server, pag
     harness.assert_no_traceback(page)
 
 
+def test_the_selected_samples_bars_name_every_feature_in_view(server, page):
+    """The selected sample's input/reconstruction bars (plotly, the narrow panel): a row per
+    feature in the file's order, each name drawn whole or shortened with an ellipsis, inside
+    the chart and clear of the legend (before: rotated names, their first halves under it)."""
+    run_dir = server.runs_dir / "wine-names"
+    features = the_csv(run_dir)[0]
+    open_view(page, server, "latent-map", "Latent map", run="wine-names", sample=4)
+    chart = harness.keyed(page, "vec_4")
+    chart.locator(".ytick text").first.wait_for()
+    ticks = chart.locator(".ytick text")
+    names = [t.text_content() for t in ticks.all()]
+    assert len(names) == len(features)
+    for name, feature in zip(names, features):
+        assert name == feature or (name.endswith("\u2026") and feature.startswith(name[:-1])), (name, feature)
+    frame = chart.bounding_box()
+    legend = chart.locator(".legend").bounding_box()
+    for tick in ticks.all():
+        box = tick.bounding_box()
+        assert frame["x"] <= box["x"] and box["x"] + box["width"] <= frame["x"] + frame["width"], "inside the chart"
+        assert box["y"] >= legend["y"] + legend["height"] - 1, "below the legend, not under it"
+
+
 def test_interpolate_labels_its_bars_only_where_the_labels_fit(server, page):
     """Wine's 13 long names ("od280/od315_of_diluted_wines = 0.12") do not fit a bar's slot:
     the canvas shows the values alone (or nothing), never overlapping names; its tooltip
@@ -160,8 +182,11 @@ def test_a_run_exported_and_imported_elsewhere_keeps_its_numbers(server, page):
     page.get_by_text("No runs yet. Start one on the").wait_for()
     harness.keyed(page, "import_bundle").locator("input[type=file]").set_input_files(
         files=[{"name": "wine-names.zip", "mimeType": "application/zip", "buffer": bundle}])
-    page.get_by_text("Imported wine-names: it is now the active run.").wait_for(timeout=60_000)
-    wait_log_px(page, "wine-names")
+    said = page.get_by_text("Imported wine-names: it is now the active run.")
+    said.wait_for(timeout=60_000)
+    wait_log_px(page, "wine-names")  # the page reran on its own to estimate the new run's log p(x)
+    harness.wait_idle(page)
+    assert said.is_visible(), "the import's message stays while its file is in the uploader"
     after = {k: runs_table(page)["wine-names"][k] for k in NUMBERS}
     assert after == before and all(before.values()), "the imported run's numbers differ from the exported one's"
     assert (elsewhere / "model.safetensors").read_bytes() == (here / "model.safetensors").read_bytes()

@@ -58,6 +58,14 @@ def _one_line_error(at, *fragments: str) -> str:
     return errors[0]
 
 
+def _wait_done(run_dir: Path, timeout_s: float = 300) -> None:
+    """Wait for the run's job to end, and check that it ended done."""
+    deadline = time.monotonic() + timeout_s
+    while jobs.job_state(run_dir).state in jobs.ACTIVE and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert jobs.job_state(run_dir).state == "done", jobs.job_state(run_dir)
+
+
 def _opens_cleanly(at) -> None:
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
@@ -132,10 +140,7 @@ def test_a_killed_job_shows_failed_and_the_app_resumes_it(tmp_path, app):
         assert at.button(key="resume_run").label == "Resume killed from its last saved epoch"
         at.button(key="resume_run").click().run()
         assert not at.exception
-        deadline = time.monotonic() + 300
-        while jobs.job_state(run_dir).state in jobs.ACTIVE and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert jobs.job_state(run_dir).state == "done"
+        _wait_done(run_dir)
         rows = read_metrics(run_dir)
         assert [r["epoch"] for r in rows] == list(range(1, 61)), "resumed after the saved epochs, none twice"
         assert len(rows) > saved and load_run(run_dir).metrics == rows
@@ -169,10 +174,7 @@ def test_a_job_killed_after_its_last_epoch_was_saved_is_finished_by_resume(tmp_p
     at.button(key="resume_run").click().run()
     assert not at.exception
     try:
-        deadline = time.monotonic() + 240
-        while jobs.job_state(run_dir).state in jobs.ACTIVE and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert jobs.job_state(run_dir).state == "done"
+        _wait_done(run_dir)
         assert read_metrics(run_dir) == rows, "no epoch trained twice, none lost"
     finally:
         jobs.cancel(run_dir, wait_s=5)
@@ -201,10 +203,7 @@ def test_a_diverged_run_is_resumed_from_the_app_at_a_lower_learning_rate(runs_di
     at.button(key="resume_run").click().run()
     assert not at.exception
     try:
-        deadline = time.monotonic() + 240
-        while jobs.job_state(out).state in jobs.ACTIVE and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert jobs.job_state(out).state == "done", jobs.job_state(out)
+        _wait_done(out)
         run = load_run(out)
         assert run.config.train.lr == 3e-4 and [r["epoch"] for r in run.metrics] == [1, 2, 3, 4]
     finally:
