@@ -335,6 +335,9 @@ def data_scatter(data: np.ndarray, points: dict[str, np.ndarray], title: str,
     return _layout(fig, title)
 
 
+BAR_NAME_CHARS = 18  # a feature name longer than this is shortened on vector_bars' axis
+
+
 def vector_bars(vectors: dict[str, np.ndarray], title: str, feature_names: list[str] | None = None,
                 ranges: list[list[float]] | None = None) -> go.Figure:
     """Vectors (D,) side by side per coordinate, e.g. an input and its reconstruction, as
@@ -363,9 +366,6 @@ def vector_bars(vectors: dict[str, np.ndarray], title: str, feature_names: list[
     # the legend between the title and the bars (room for two rows in a narrow column)
     fig.update_layout(margin=dict(t=92), legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0))
     return fig
-
-
-BAR_NAME_CHARS = 18  # a feature name longer than this is shortened on vector_bars' axis
 
 
 def feature_heatmap(values: np.ndarray, feature_names: list[str], row_names: list[str], title: str,
