@@ -88,13 +88,18 @@ def launch(root, name: str | None, cfg: RunConfig) -> None:
 
 
 def job_panel(root) -> None:
-    """The job this session started last, or else any job running in the runs folder."""
+    """The job this session started last, or else any job running in the runs folder, or else
+    the active run if it stopped part-way (failed or cancelled: so it can be resumed from a new
+    session, e.g. after the browser or the server was closed)."""
     name = st.session_state.get("_last_job")
     summaries = run_service.list_runs(root)
     active = [s for s in summaries if s.state in jobs.ACTIVE]
     target = next((s for s in summaries if s.name == name), None)
     if target is None or (target.state not in jobs.ACTIVE and active):
         target = active[0] if active else target
+    if target is None:
+        target = next((s for s in summaries if s.name == state.get("run") and s.state in ("failed", "cancelled")),
+                      None)
     if target is None:
         return
     st.subheader(f"Job: {target.name}")

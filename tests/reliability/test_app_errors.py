@@ -151,7 +151,8 @@ def test_a_killed_job_shows_failed_and_the_app_resumes_it(tmp_path, app):
 @pytest.mark.slow
 def test_a_job_killed_after_its_last_epoch_was_saved_is_finished_by_resume(tmp_path, app):
     """Killed between its last checkpoint and its final status: the page says failed and
-    offers Resume (as its message says), which trains no epoch and marks the run done."""
+    offers Finish (its message says resume it), which trains no epoch and marks the run done;
+    also in a new session that has the run active."""
     run_dir = tmp_path / "runs" / "last"
     script = ("import os, signal, sys\n"
               "from trainer import RunConfig, fit\n"
@@ -164,6 +165,11 @@ def test_a_job_killed_after_its_last_epoch_was_saved_is_finished_by_resume(tmp_p
     assert read_status_raw(run_dir)["state"] == "running", "killed before its final status"
     rows = read_metrics(run_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+    # a new session (the browser was closed) with the run active: the same panel, from the URL
+    fresh = app(run_dir.parent, view="train", run="last").run()
+    assert "resume" in _one_line_error(fresh, "Training last failed", "stopped without finishing")
+    assert fresh.button(key="resume_run").label == "Finish last: all 3 epochs are saved"
 
     at = app(run_dir.parent, view="train")
     at.session_state["_last_job"] = "last"
